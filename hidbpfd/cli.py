@@ -1,0 +1,143 @@
+"""The command line: a thin layer over the package. Forms fixed by the issues:
+
+- ``hidbpfd check PATH...``
+- ``hidbpfd replay --config PATH [--via-bpf | --device uhid] RECORDING``
+- ``hidbpfd probe``, ``hidbpfd vm [--] CMD...``, ``hidbpfd policies``
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from hidbpfd import __version__
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from hidbpfd.config import load
+
+    cfg = load(args.paths)
+    for w in cfg.warnings:
+        print(w, file=sys.stderr)
+    for e in cfg.errors:
+        print(e, file=sys.stderr)
+    if cfg.errors:
+        nbad = len({e.file for e in cfg.errors})
+        print(f"{len(cfg.errors)} error(s) in {nbad} file(s); {len(cfg.files)} file(s) valid", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        for f in cfg.files:
+            print(f"{f.path}: [device] {f.match}")
+            for b in f.bindings:
+                print(f"  #{b.index} {b.policy.describe()}")
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from hidbpfd.config import load
+    from hidbpfd.recording import RecordingError
+    from hidbpfd.recording import load as load_rec
+
+    cfg = load([args.config])
+    for e in cfg.errors:
+        print(e, file=sys.stderr)
+    if cfg.errors:
+        return 1
+    try:
+        rec = load_rec(args.recording)
+    except RecordingError as e:
+        print(f"hidbpfd replay: {e}", file=sys.stderr)
+        return 1
+    if args.device == "uhid":
+        from hidbpfd.replay_uhid import replay_uhid
+
+        return replay_uhid(rec, cfg, args)
+    backend = None
+    if args.via_bpf:
+        from hidbpfd.replay_bpf import BpfFilterBackend, BpfUnavailable
+
+        try:
+            backend = BpfFilterBackend.open()
+        except BpfUnavailable as e:
+            print(f"hidbpfd replay --via-bpf: {e}", file=sys.stderr)
+            return 1
+    from hidbpfd.replay import replay
+
+    try:
+        for line in replay(rec, cfg, backend=backend):
+            print(line.json(), flush=False)
+    finally:
+        if backend is not None:
+            backend.close()
+    sys.stdout.flush()
+    return 0
+
+
+def _cmd_policies(args: argparse.Namespace) -> int:
+    from hidbpfd.policies import load_registry
+
+    for name, cls in sorted(load_registry().items()):
+        print(f"{name}: {cls.SUMMARY}")
+        for p in cls.PARAMS:
+            req = "required" if p.required else f"default {p.default!r}" if p.default not in (None, "") else "optional"
+            print(f"    {p.name} ({p.kind.value}, {req}): {p.help}")
+    return 0
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from hidbpfd.probe import main as probe_main
+
+    return probe_main([])
+
+
+def _cmd_vm(args: argparse.Namespace) -> int:
+    from hidbpfd.vm import main as vm_main
+
+    return vm_main(args.cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used by the docs test)."""
+    p = argparse.ArgumentParser(prog="hidbpfd", description="Deferred HID device IO on behalf of BPF events.")
+    p.add_argument("--version", action="version", version=f"hidbpfd {__version__}")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("check", help="validate policy files or directories")
+    c.add_argument("paths", nargs="+", metavar="PATH")
+    c.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    c.set_defaults(func=_cmd_check)
+
+    r = sub.add_parser("replay", help="run a hid-recorder capture through the policies; JSON lines")
+    r.add_argument("--config", required=True, metavar="PATH", help="policy file or directory")
+    how = r.add_mutually_exclusive_group()
+    how.add_argument("--via-bpf", action="store_true", help="filter every report with the real BPF filter")
+    how.add_argument("--device", choices=["uhid"], help="play it on a real uhid device in real time")
+    r.add_argument("recording", metavar="RECORDING")
+    r.set_defaults(func=_cmd_replay)
+
+    pl = sub.add_parser("policies", help="list the policy types and their keys")
+    pl.set_defaults(func=_cmd_policies)
+
+    pr = sub.add_parser("probe", help="print, as JSON, what this kernel supports")
+    pr.set_defaults(func=_cmd_probe)
+
+    v = sub.add_parser("vm", help="run a command in a VM with a HID-capable kernel")
+    v.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD")
+    v.set_defaults(func=_cmd_vm)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hidbpfd`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="hidbpfd: %(levelname)s: %(message)s")
+    try:
+        rc: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    return rc

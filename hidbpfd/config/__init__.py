@@ -1,0 +1,10 @@
+"""Policy files: ``[device]`` + ``[[policy]]`` TOML, validated with every error located.
+
+Imports nothing from backends or the daemon (a test enforces it).
+"""
+
+from hidbpfd.config.errors import ConfigError, ConfigErrors
+from hidbpfd.config.load import DEFAULT_DIR, Config, PolicyFile, load
+from hidbpfd.config.match import DeviceMatch
+
+__all__ = ["DEFAULT_DIR", "Config", "ConfigError", "ConfigErrors", "DeviceMatch", "PolicyFile", "load"]

@@ -1,0 +1,248 @@
+"""Loading policy files: TOML → validated :class:`PolicyFile` values, or every error at once.
+
+A file with any error is rejected whole (nothing half-loaded); the other files still load, so
+the daemon keeps serving every device whose files are good. ``check`` and reloads look at the
+errors; the daemon logs them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from hidbpfd.config.errors import ConfigError
+from hidbpfd.config.locate import Locator
+from hidbpfd.config.match import DeviceMatch
+from hidbpfd.dispatch import Binding
+from hidbpfd.filter import RuleTableError, check_table
+from hidbpfd.model import BUS_NAMES, DeviceId, DeviceRule
+from hidbpfd.policies import Policy, load_registry
+from hidbpfd.policies.params import ParamError, convert
+
+DEFAULT_DIR: Final = "/etc/hidbpfd/devices.d"
+FILE_NAME: Final = re.compile(r"^\d\d-[a-z0-9]+__[a-z0-9]+-[a-z0-9][a-z0-9_-]*\.toml$")
+TOP_KEYS: Final = ("device", "policy")
+DEVICE_KEYS: Final = ("bus", "vendor", "product", "name", "uniq", "phys")
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyFile:
+    """One valid policy file: which devices, which policies."""
+
+    path: str
+    match: DeviceMatch
+    bindings: tuple[Binding, ...]
+
+
+@dataclass(slots=True)
+class Config:
+    """The valid files, in load order (by file name), and the errors of the rejected ones."""
+
+    files: list[PolicyFile] = field(default_factory=list)
+    errors: list[ConfigError] = field(default_factory=list)
+    warnings: list[ConfigError] = field(default_factory=list)
+
+    def files_for(self, dev: DeviceId) -> list[PolicyFile]:
+        """The files whose ``[device]`` table matches ``dev``."""
+        return [f for f in self.files if f.match.matches(dev)]
+
+    def bindings_for(self, dev: DeviceId) -> list[Binding]:
+        """Every policy that applies to ``dev``, file by file, in file order."""
+        return [b for f in self.files_for(dev) for b in f.bindings]
+
+    @property
+    def ok(self) -> bool:
+        """No errors."""
+        return not self.errors
+
+
+def expand(paths: Iterable[str | Path]) -> tuple[list[Path], list[ConfigError]]:
+    """Files to load: files as given, ``*.toml`` in directories, sorted by name."""
+    out: list[Path] = []
+    errs: list[ConfigError] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(p.glob("*.toml"), key=lambda q: q.name)
+        elif p.is_file():
+            out.append(p)
+        else:
+            errs.append(ConfigError(str(p), 0, "(path)", "no such file or directory", "Check the path"))
+    return out, errs
+
+
+def load(paths: Iterable[str | Path], registry: Mapping[str, type[Policy[Any]]] | None = None) -> Config:
+    """Load and validate every file; valid files in ``files``, all problems in ``errors``."""
+    reg = load_registry() if registry is None else registry
+    files, errors = expand(paths)
+    cfg = Config(errors=errors)
+    seen: dict[DeviceMatch, str] = {}
+    for path in files:
+        pf, errs, warns = load_file(path, reg)
+        cfg.warnings += warns
+        if pf is not None and pf.match in seen:
+            errs.append(ConfigError(
+                str(path), _device_line(path), "device",
+                f"the same [device] match ({pf.match}) is already used by {seen[pf.match]}",
+                "Put the policies for one device in one file, or make the matches differ",
+            ))
+        if errs:
+            cfg.errors += errs
+            continue
+        assert pf is not None
+        seen[pf.match] = str(path)
+        cfg.files.append(pf)
+    return cfg
+
+
+def _device_line(path: Path) -> int:
+    try:
+        return Locator(path.read_text()).line("device")
+    except OSError:
+        return 1
+
+
+def load_file(path: Path, registry: Mapping[str, type[Policy[Any]]]) -> tuple[PolicyFile | None, list[ConfigError], list[ConfigError]]:
+    """Validate one file; returns the file (None if any error), its errors and its warnings."""
+    f = str(path)
+    warns: list[ConfigError] = []
+    if not FILE_NAME.match(path.name):
+        warns.append(ConfigError(f, 1, "(file name)", f"{path.name!r} does not follow NN-vendor__product-purpose.toml",
+                                 "Rename it, e.g. 50-28bd__0905-pen.toml (lower case, NN orders loading)", warning=True))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        return None, [ConfigError(f, 0, "(file)", f"cannot read: {e}", "Check permissions and encoding (UTF-8)")], warns
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
+        line = int(m.group(1)) if m else 1
+        what = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
+        return None, [ConfigError(f, line, "(syntax)", f"invalid TOML: {what}", "Fix the TOML syntax at that line")], warns
+    loc = Locator(text)
+    errs: list[ConfigError] = []
+
+    def err(key: str, what: str, hint: str) -> None:
+        errs.append(ConfigError(f, loc.line(key), key, what, hint))
+
+    for k in doc:
+        if k not in TOP_KEYS:
+            err(k, f"unknown top-level key {k!r}", f"Use [device] and [[policy]] only{_did_you_mean(k, TOP_KEYS)}")
+    match = _device(doc.get("device"), err)
+    bindings = _policies(doc.get("policy"), f, registry, err)
+    if not errs and match is not None:
+        table = [DeviceRule(r, g) for g, b in enumerate(bindings) for r in b.policy.rules()]
+        try:
+            check_table(table)
+        except RuleTableError as e:
+            err("policy", str(e), "Split the policies over fewer rules, or fewer policies per device")
+    if errs or match is None:
+        return None, errs, warns
+    return PolicyFile(f, match, tuple(bindings)), [], warns
+
+
+def _did_you_mean(word: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _u16(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 0xFFFF
+
+
+def _device(dev: object, err: Any) -> DeviceMatch | None:
+    if dev is None:
+        err("device", "missing [device] table", f"Add [device] with at least one of: {', '.join(DEVICE_KEYS)}")
+        return None
+    if not isinstance(dev, dict):
+        err("device", "device must be a table", "Write it as a [device] section")
+        return None
+    ok = True
+    for k in dev:
+        if k not in DEVICE_KEYS:
+            err(f"device.{k}", f"unknown key {k!r}", f"Use one of: {', '.join(DEVICE_KEYS)}{_did_you_mean(k, DEVICE_KEYS)}")
+            ok = False
+    if not dev:
+        err("device", "empty [device] table matches nothing specific", f"Add at least one of: {', '.join(DEVICE_KEYS)}")
+        return None
+    vals: dict[str, Any] = {}
+    bus = dev.get("bus")
+    if bus is not None:
+        if isinstance(bus, str) and bus.lower() in BUS_NAMES:
+            vals["bus"] = BUS_NAMES[bus.lower()]
+        elif _u16(bus):
+            vals["bus"] = bus
+        else:
+            err("device.bus", f"unknown bus {bus!r}", "Use usb, bluetooth, i2c, virtual, or a number")
+            ok = False
+    for k in ("vendor", "product"):
+        v = dev.get(k)
+        if v is not None:
+            if _u16(v):
+                vals[k] = v
+            else:
+                err(f"device.{k}", f"{k} {v!r} is not a 16-bit number", f"Write it as a number, e.g. {k} = 0x28bd")
+                ok = False
+    for k in ("name", "uniq", "phys"):
+        v = dev.get(k)
+        if v is not None:
+            if isinstance(v, str):
+                vals[k] = v
+            else:
+                err(f"device.{k}", f"{k} must be a string (a glob), got {v!r}", f'Write e.g. {k} = "XP-Pen*"')
+                ok = False
+    return DeviceMatch(**vals) if ok else None
+
+
+def _policies(pols: object, f: str, registry: Mapping[str, type[Policy[Any]]], err: Any) -> list[Binding]:
+    if pols is None:
+        err("policy", "no [[policy]] tables", "Add at least one [[policy]] with a type")
+        return []
+    if not isinstance(pols, list) or not all(isinstance(p, dict) for p in pols):
+        err("policy", "policy must be an array of tables", "Write each one as [[policy]]")
+        return []
+    out: list[Binding] = []
+    for i, table in enumerate(pols):
+        base = f"policy[{i}]"
+        t = table.get("type")
+        if t is None:
+            err(base, "missing type", f"Add type = one of: {', '.join(sorted(registry))}")
+            continue
+        cls = registry.get(t) if isinstance(t, str) else None
+        if cls is None:
+            err(f"{base}.type", f"unknown policy type {t!r}", f"Use one of: {', '.join(sorted(registry))}{_did_you_mean(str(t), list(registry))}")
+            continue
+        declared = {p.name: p for p in cls.PARAMS}
+        params: dict[str, Any] = {}
+        bad = False
+        for k in table:
+            if k != "type" and k not in declared:
+                err(f"{base}.{k}", f"unknown key {k!r} for a {t} policy", f"Use one of: {', '.join(declared)}{_did_you_mean(k, list(declared))}")
+                bad = True
+        for name, p in declared.items():
+            if name not in table:
+                if p.required:
+                    err(base, f"missing {name!r} ({p.help})", f"Add {name} = ...")
+                    bad = True
+                params[name] = p.default
+                continue
+            try:
+                params[name] = convert(p, table[name])
+            except ParamError as e:
+                path = e.path if e.path.startswith(name) else f"{name}.{e.path}"
+                err(f"{base}.{path}", e.what, e.hint)
+                bad = True
+        if bad:
+            continue
+        try:
+            pol = cls.from_params(params)
+        except ParamError as e:
+            err(f"{base}.{e.path}", e.what, e.hint)
+            continue
+        out.append(Binding(pol, f, i))
+    return out
