@@ -25,7 +25,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(e, file=sys.stderr)
     if cfg.errors:
         nbad = len({e.file for e in cfg.errors})
-        print(f"{len(cfg.errors)} error(s) in {nbad} file(s); {len(cfg.files)} file(s) valid", file=sys.stderr)
+        print(
+            f"{len(cfg.errors)} error(s) in {nbad} file(s); {len(cfg.files)} file(s) valid",
+            file=sys.stderr,
+        )
         return 1
     if not args.quiet:
         for f in cfg.files:
@@ -53,7 +56,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if args.device == "uhid":
         from hidbpfd.replay_uhid import replay_uhid
 
-        return replay_uhid(rec, cfg, args)
+        rc: int = replay_uhid(rec, cfg, args)
+        return rc
     backend = None
     if args.via_bpf:
         from hidbpfd.replay_bpf import BpfFilterBackend, BpfUnavailable
@@ -81,7 +85,13 @@ def _cmd_policies(args: argparse.Namespace) -> int:
     for name, cls in sorted(load_registry().items()):
         print(f"{name}: {cls.SUMMARY}")
         for p in cls.PARAMS:
-            req = "required" if p.required else f"default {p.default!r}" if p.default not in (None, "") else "optional"
+            req = (
+                "required"
+                if p.required
+                else f"default {p.default!r}"
+                if p.default not in (None, "")
+                else "optional"
+            )
             print(f"    {p.name} ({p.kind.value}, {req}): {p.help}")
     return 0
 
@@ -100,7 +110,9 @@ def _cmd_vm(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the docs test)."""
-    p = argparse.ArgumentParser(prog="hidbpfd", description="Deferred HID device IO on behalf of BPF events.")
+    p = argparse.ArgumentParser(
+        prog="hidbpfd", description="Deferred HID device IO on behalf of BPF events."
+    )
     p.add_argument("--version", action="version", version=f"hidbpfd {__version__}")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -113,8 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("replay", help="run a hid-recorder capture through the policies; JSON lines")
     r.add_argument("--config", required=True, metavar="PATH", help="policy file or directory")
     how = r.add_mutually_exclusive_group()
-    how.add_argument("--via-bpf", action="store_true", help="filter every report with the real BPF filter")
-    how.add_argument("--device", choices=["uhid"], help="play it on a real uhid device in real time")
+    how.add_argument(
+        "--via-bpf", action="store_true", help="filter every report with the real BPF filter"
+    )
+    how.add_argument(
+        "--device", choices=["uhid"], help="play it on a real uhid device in real time"
+    )
     r.add_argument("recording", metavar="RECORDING")
     r.set_defaults(func=_cmd_replay)
 

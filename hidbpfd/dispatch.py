@@ -89,8 +89,10 @@ class Sink(Protocol):
     def set_feature(self, device: DeviceId, data: bytes, origin: str) -> None:
         """Set a feature report."""
 
-    def get_feature(self, device: DeviceId, report_id: int, length: int, origin: str, reply: ReplyFn) -> None:
-        """Get a feature report; call ``reply(data, "")`` or ``reply(None, error)`` later (or now)."""
+    def get_feature(
+        self, device: DeviceId, report_id: int, length: int, origin: str, reply: ReplyFn
+    ) -> None:
+        """Get a feature report; later (or now) call ``reply(data, "")`` or ``reply(None, err)``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,19 +125,24 @@ class DeviceSlot:
     uids: list[int]
     states: list[Any]
     offsets: list[int]
+    masks: list[int]
     table: tuple[DeviceRule, ...]
     can_hold: bool
     counters: Counters = field(default_factory=Counters)
 
 
-def build_table(bindings: Sequence[Binding]) -> tuple[tuple[DeviceRule, ...], list[int]]:
-    """The device's filter table (policy *i*'s rules in group *i*) and each policy's offset."""
+def build_table(bindings: Sequence[Binding]) -> tuple[tuple[DeviceRule, ...], list[int], list[int]]:
+    """The device's filter table (policy *i*'s rules in group *i*), and for each policy the
+    offset of its first rule and the mask of its rules in the table's match bits."""
     table: list[DeviceRule] = []
     offsets: list[int] = []
+    masks: list[int] = []
     for group, b in enumerate(bindings):
+        rules = b.policy.rules()
         offsets.append(len(table))
-        table.extend(DeviceRule(r, group) for r in b.policy.rules())
-    return tuple(table), offsets
+        masks.append(((1 << len(rules)) - 1) << len(table))
+        table.extend(DeviceRule(r, group) for r in rules)
+    return tuple(table), offsets, masks
 
 
 class Dispatcher:
@@ -145,7 +152,9 @@ class Dispatcher:
     registry calls :meth:`attach` / :meth:`detach` / :meth:`device_event`.
     """
 
-    def __init__(self, scheduler: Scheduler, sink: Sink, observers: Sequence[Observer] = ()) -> None:
+    def __init__(
+        self, scheduler: Scheduler, sink: Sink, observers: Sequence[Observer] = ()
+    ) -> None:
         self.scheduler = scheduler
         self.sink = sink
         self.observers: list[Observer] = list(observers)
@@ -158,7 +167,9 @@ class Dispatcher:
 
     # --- devices ---------------------------------------------------------------------------
 
-    def attach(self, device: DeviceId, bindings: Sequence[Binding], *, can_hold: bool = True) -> DeviceSlot:
+    def attach(
+        self, device: DeviceId, bindings: Sequence[Binding], *, can_hold: bool = True
+    ) -> DeviceSlot:
         """Start serving ``device`` with ``bindings`` (fresh state); runs ``added`` triggers.
 
         Called by the device registry when a device appears (or by replay at start). A device
@@ -166,7 +177,7 @@ class Dispatcher:
         """
         if device.key in self.slots:
             self.detach(device)
-        table, offsets = build_table(bindings)
+        table, offsets, masks = build_table(bindings)
         slot = DeviceSlot(
             device=device,
             generation=next(self._gen),
@@ -174,6 +185,7 @@ class Dispatcher:
             uids=[next(self._uid) for _ in bindings],
             states=[b.policy.new_state() for b in bindings],
             offsets=offsets,
+            masks=masks,
             table=table,
             can_hold=can_hold,
         )
@@ -184,7 +196,8 @@ class Dispatcher:
                     log.warning(
                         "%s: %s needs the kernel to hold reports, which this device's BPF attach "
                         "cannot do; its reports will pass and it cannot defer or swallow them",
-                        device.describe(), b.label,
+                        device.describe(),
+                        b.label,
                     )
         self._emit(slot, self.scheduler.clock.now_ns(), "added", detail=f"{len(bindings)} policies")
         self.device_event(device, "added")
@@ -206,8 +219,8 @@ class Dispatcher:
             states.append(st)
         gone = {uid for uid, _ in kept.values()}
         self.scheduler.cancel_where(lambda k: _key_dev(k) == device.key and _key_uid(k) in gone)
-        table, offsets = build_table(bindings)
-        old.bindings, old.uids, old.states, old.table, old.offsets = list(bindings), uids, states, table, offsets
+        old.table, old.offsets, old.masks = build_table(bindings)
+        old.bindings, old.uids, old.states = list(bindings), uids, states
         return old
 
     def detach(self, device: DeviceId) -> None:
@@ -252,11 +265,10 @@ class Dispatcher:
         self._emit(slot, now, "hold" if event.held else "pass", event.data)
         if event.matched:
             c.matched += 1
-        for i, off in enumerate(slot.offsets):
-            n = len(slot.bindings[i].policy.rules())
-            fired = (event.matched >> off) & ((1 << n) - 1)
+        for i, (off, mask) in enumerate(zip(slot.offsets, slot.masks, strict=True)):
+            fired = (event.matched & mask) >> off
             if fired:
-                self._call(slot, i, now, lambda p, ctx, f=fired: p.on_event(ctx, event, f))
+                self._call(slot, i, now, _on_event(event, fired))
 
     def _timer(self, dev_key: str, gen: int, i: int, key: str) -> None:
         slot = self.slots.get(dev_key)
@@ -277,7 +289,13 @@ class Dispatcher:
 
     # --- running policies and their actions -------------------------------------------------
 
-    def _call(self, slot: DeviceSlot, i: int, now: int, fn: Callable[[Policy[Any], Context[Any]], list[Action]]) -> None:
+    def _call(
+        self,
+        slot: DeviceSlot,
+        i: int,
+        now: int,
+        fn: Callable[[Policy[Any], Context[Any]], list[Action]],
+    ) -> None:
         """Run one policy callback and its actions, never letting one policy's bug escape."""
 
         def run() -> None:
@@ -329,14 +347,24 @@ class Dispatcher:
                     gen, uid = slot.generation, slot.uids[i]
                     work = _make_timer(self, dev.key, gen, uid, key)
                     self.scheduler.start((dev.key, uid, key), delay, work, base_ns=now)
-                    self._emit(slot, now, "schedule", policy=label, detail=f"{key} +{delay / 1e6:g} ms")
+                    self._emit(
+                        slot, now, "schedule", policy=label, detail=f"{key} +{delay / 1e6:g} ms"
+                    )
                 case Cancel(key):
                     if self.scheduler.cancel((dev.key, slot.uids[i], key)):
                         self._emit(slot, now, "cancel", policy=label, detail=key)
                 case _:
                     raise TypeError(f"{label} returned {a!r}, which is not an action")
 
-    def _emit(self, slot: DeviceSlot, t_ns: int, kind: str, data: bytes = b"", policy: str = "", detail: str = "") -> None:
+    def _emit(
+        self,
+        slot: DeviceSlot,
+        t_ns: int,
+        kind: str,
+        data: bytes = b"",
+        policy: str = "",
+        detail: str = "",
+    ) -> None:
         if not self.observers:
             return
         o = Outcome(t_ns, slot.device, kind, data, policy, detail)
@@ -355,6 +383,10 @@ class Dispatcher:
         """True if any rule of the device holds reports."""
         slot = self.slots.get(device_key)
         return bool(slot) and any(r.rule.flags & RuleFlag.HOLD for r in slot.table)  # type: ignore[union-attr]
+
+
+def _on_event(event: InputEvent, fired: int) -> Callable[[Policy[Any], Context[Any]], list[Action]]:
+    return lambda p, ctx: p.on_event(ctx, event, fired)
 
 
 def _key_dev(k: Hashable) -> object:

@@ -27,7 +27,9 @@ class Bus(enum.IntEnum):
 
 BUS_NAMES: Final[dict[str, int]] = {b.name.lower(): int(b) for b in Bus}
 
-_HID_ID_RE: Final = re.compile(r"^([0-9A-Fa-f]{4}):([0-9A-Fa-f]{4}):([0-9A-Fa-f]{4})\.([0-9A-Fa-f]{4,})$")
+_HID_ID_RE: Final = re.compile(
+    r"^([0-9A-Fa-f]{4}):([0-9A-Fa-f]{4}):([0-9A-Fa-f]{4})\.([0-9A-Fa-f]{4,})$"
+)
 
 
 def bus_name(bus: int) -> str:
@@ -136,12 +138,16 @@ class Pattern:
         """True if ``report`` is at least as long as the pattern and agrees on masked bytes."""
         if len(report) < len(self.data):
             return False
-        return all((r & m) == (d & m) for r, d, m in zip(report, self.data, self.mask, strict=False))
+        return all(
+            (r & m) == (d & m) for r, d, m in zip(report, self.data, self.mask, strict=False)
+        )
 
     def __str__(self) -> str:
         if not self.data:
             return "*"
-        return " ".join(f"{d:02x}" if m else "??" for d, m in zip(self.data, self.mask, strict=True))
+        return " ".join(
+            f"{d:02x}" if m else "??" for d, m in zip(self.data, self.mask, strict=True)
+        )
 
 
 ANY_REPORT: Final = Pattern()

@@ -40,7 +40,12 @@ class RecordedDevice:
     def device_id(self) -> DeviceId:
         """The identity a kernel would give it (hid id numbered from 1 by capture index)."""
         return DeviceId(
-            self.bus, self.vendor, self.product, self.name, self.uniq, self.phys,
+            self.bus,
+            self.vendor,
+            self.product,
+            self.name,
+            self.uniq,
+            self.phys,
             DeviceId.sysfs_name(self.bus, self.vendor, self.product, self.index + 1),
         )
 
@@ -54,7 +59,9 @@ class Recording:
 
     def events(self) -> list[tuple[int, RecordedDevice, bytes]]:
         """Every event of every device, in time order (stable for equal times)."""
-        evs = [(t, d.index, i, d, data) for d in self.devices for i, (t, data) in enumerate(d.events)]
+        evs = [
+            (t, d.index, i, d, data) for d in self.devices for i, (t, data) in enumerate(d.events)
+        ]
         evs.sort(key=lambda e: (e[0], e[1], e[2]))
         return [(t, d, data) for t, _, _, d, data in evs]
 
@@ -109,7 +116,9 @@ def parse(text: str, path: str = "<recording>") -> Recording:
             d = dev()
             d.descriptor = _hexbytes(toks[1:], where)
             if int(toks[0]) != len(d.descriptor):
-                raise RecordingError(f"{where}: descriptor says {toks[0]} bytes but has {len(d.descriptor)}")
+                raise RecordingError(
+                    f"{where}: descriptor says {toks[0]} bytes but has {len(d.descriptor)}"
+                )
         elif tag == "E":
             toks = rest.split()
             if len(toks) < 2:

@@ -69,8 +69,13 @@ class TraceLine:
     policy: str = ""
 
     def json(self) -> str:
-        """The JSON-lines form: ``{"t": ..., "kind": ..., "data": ..., "device": ..., "policy": ...}``."""
-        d: dict[str, Any] = {"t": self.t, "kind": self.kind, "data": self.data, "device": self.device}
+        """The JSON-lines form: ``{"t", "kind", "data", "device"[, "policy"]}``."""
+        d: dict[str, Any] = {
+            "t": self.t,
+            "kind": self.kind,
+            "data": self.data,
+            "device": self.device,
+        }
         if self.policy:
             d["policy"] = self.policy
         return json.dumps(d)
@@ -94,7 +99,9 @@ class EchoDevice:
         if data:
             self.features[(device.key, data[0])] = data
 
-    def get_feature(self, device: DeviceId, report_id: int, length: int, origin: str, reply: ReplyFn) -> None:
+    def get_feature(
+        self, device: DeviceId, report_id: int, length: int, origin: str, reply: ReplyFn
+    ) -> None:
         """Answer at once with the remembered report, cut or padded to ``length``."""
         data = self.features.get((device.key, report_id))
         if data is None:
@@ -140,7 +147,9 @@ def replay(
         if verdict is None:
             lines.append(TraceLine(rel(t_ns), "pass", data.hex(), dev.key))
         else:
-            disp.on_event(InputEvent(dev, t_ns, data, verdict.matched, verdict.held, verdict.truncated))
+            disp.on_event(
+                InputEvent(dev, t_ns, data, verdict.matched, verdict.held, verdict.truncated)
+            )
         yield from _drain(lines)
     for _ in range(_SETTLE_LIMIT):
         due = sched.next_deadline()

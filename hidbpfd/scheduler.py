@@ -38,7 +38,9 @@ class _Item:
 class Scheduler:
     """Deferred work on an injected clock. Owned by the dispatch; one per daemon or replay."""
 
-    def __init__(self, clock: Clock, on_deadline: Callable[[int | None], None] | None = None) -> None:
+    def __init__(
+        self, clock: Clock, on_deadline: Callable[[int | None], None] | None = None
+    ) -> None:
         """``on_deadline(t)`` is called whenever the earliest deadline may have changed, so a
         real-time driver can re-arm its timer (``None``: nothing pending)."""
         self.clock = clock
@@ -47,7 +49,9 @@ class Scheduler:
         self._seq = itertools.count()
         self._on_deadline = on_deadline
 
-    def start(self, key: Hashable, delay_ns: int, work: Work, *, base_ns: int | None = None) -> None:
+    def start(
+        self, key: Hashable, delay_ns: int, work: Work, *, base_ns: int | None = None
+    ) -> None:
         """Arm (or re-arm) ``key`` to run ``work`` at ``base_ns`` (default: now) + ``delay_ns``.
 
         The dispatch passes the triggering report's kernel timestamp as ``base_ns``, so the time

@@ -7,4 +7,12 @@ from hidbpfd.config.errors import ConfigError, ConfigErrors
 from hidbpfd.config.load import DEFAULT_DIR, Config, PolicyFile, load
 from hidbpfd.config.match import DeviceMatch
 
-__all__ = ["DEFAULT_DIR", "Config", "ConfigError", "ConfigErrors", "DeviceMatch", "PolicyFile", "load"]
+__all__ = [
+    "DEFAULT_DIR",
+    "Config",
+    "ConfigError",
+    "ConfigErrors",
+    "DeviceMatch",
+    "PolicyFile",
+    "load",
+]

@@ -71,11 +71,15 @@ def expand(paths: Iterable[str | Path]) -> tuple[list[Path], list[ConfigError]]:
         elif p.is_file():
             out.append(p)
         else:
-            errs.append(ConfigError(str(p), 0, "(path)", "no such file or directory", "Check the path"))
+            errs.append(
+                ConfigError(str(p), 0, "(path)", "no such file or directory", "Check the path")
+            )
     return out, errs
 
 
-def load(paths: Iterable[str | Path], registry: Mapping[str, type[Policy[Any]]] | None = None) -> Config:
+def load(
+    paths: Iterable[str | Path], registry: Mapping[str, type[Policy[Any]]] | None = None
+) -> Config:
     """Load and validate every file; valid files in ``files``, all problems in ``errors``."""
     reg = load_registry() if registry is None else registry
     files, errors = expand(paths)
@@ -85,11 +89,15 @@ def load(paths: Iterable[str | Path], registry: Mapping[str, type[Policy[Any]]] 
         pf, errs, warns = load_file(path, reg)
         cfg.warnings += warns
         if pf is not None and pf.match in seen:
-            errs.append(ConfigError(
-                str(path), _device_line(path), "device",
-                f"the same [device] match ({pf.match}) is already used by {seen[pf.match]}",
-                "Put the policies for one device in one file, or make the matches differ",
-            ))
+            errs.append(
+                ConfigError(
+                    str(path),
+                    _device_line(path),
+                    "device",
+                    f"the same [device] match ({pf.match}) is already used by {seen[pf.match]}",
+                    "Put the policies for one device in one file, or make the matches differ",
+                )
+            )
         if errs:
             cfg.errors += errs
             continue
@@ -106,24 +114,50 @@ def _device_line(path: Path) -> int:
         return 1
 
 
-def load_file(path: Path, registry: Mapping[str, type[Policy[Any]]]) -> tuple[PolicyFile | None, list[ConfigError], list[ConfigError]]:
+def load_file(
+    path: Path, registry: Mapping[str, type[Policy[Any]]]
+) -> tuple[PolicyFile | None, list[ConfigError], list[ConfigError]]:
     """Validate one file; returns the file (None if any error), its errors and its warnings."""
     f = str(path)
     warns: list[ConfigError] = []
     if not FILE_NAME.match(path.name):
-        warns.append(ConfigError(f, 1, "(file name)", f"{path.name!r} does not follow NN-vendor__product-purpose.toml",
-                                 "Rename it, e.g. 50-28bd__0905-pen.toml (lower case, NN orders loading)", warning=True))
+        warns.append(
+            ConfigError(
+                f,
+                1,
+                "(file name)",
+                f"{path.name!r} does not follow NN-vendor__product-purpose.toml",
+                "Rename it, e.g. 50-28bd__0905-pen.toml (lower case, NN orders loading)",
+                warning=True,
+            )
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        return None, [ConfigError(f, 0, "(file)", f"cannot read: {e}", "Check permissions and encoding (UTF-8)")], warns
+        return (
+            None,
+            [
+                ConfigError(
+                    f, 0, "(file)", f"cannot read: {e}", "Check permissions and encoding (UTF-8)"
+                )
+            ],
+            warns,
+        )
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
         line = int(m.group(1)) if m else 1
         what = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
-        return None, [ConfigError(f, line, "(syntax)", f"invalid TOML: {what}", "Fix the TOML syntax at that line")], warns
+        return (
+            None,
+            [
+                ConfigError(
+                    f, line, "(syntax)", f"invalid TOML: {what}", "Fix the TOML syntax at that line"
+                )
+            ],
+            warns,
+        )
     loc = Locator(text)
     errs: list[ConfigError] = []
 
@@ -132,7 +166,11 @@ def load_file(path: Path, registry: Mapping[str, type[Policy[Any]]]) -> tuple[Po
 
     for k in doc:
         if k not in TOP_KEYS:
-            err(k, f"unknown top-level key {k!r}", f"Use [device] and [[policy]] only{_did_you_mean(k, TOP_KEYS)}")
+            err(
+                k,
+                f"unknown top-level key {k!r}",
+                f"Use [device] and [[policy]] only{_did_you_mean(k, TOP_KEYS)}",
+            )
     match = _device(doc.get("device"), err)
     bindings = _policies(doc.get("policy"), f, registry, err)
     if not errs and match is not None:
@@ -140,7 +178,11 @@ def load_file(path: Path, registry: Mapping[str, type[Policy[Any]]]) -> tuple[Po
         try:
             check_table(table)
         except RuleTableError as e:
-            err("policy", str(e), "Split the policies over fewer rules, or fewer policies per device")
+            err(
+                "policy",
+                str(e),
+                "Split the policies over fewer rules, or fewer policies per device",
+            )
     if errs or match is None:
         return None, errs, warns
     return PolicyFile(f, match, tuple(bindings)), [], warns
@@ -157,7 +199,11 @@ def _u16(v: object) -> bool:
 
 def _device(dev: object, err: Any) -> DeviceMatch | None:
     if dev is None:
-        err("device", "missing [device] table", f"Add [device] with at least one of: {', '.join(DEVICE_KEYS)}")
+        err(
+            "device",
+            "missing [device] table",
+            f"Add [device] with at least one of: {', '.join(DEVICE_KEYS)}",
+        )
         return None
     if not isinstance(dev, dict):
         err("device", "device must be a table", "Write it as a [device] section")
@@ -165,10 +211,18 @@ def _device(dev: object, err: Any) -> DeviceMatch | None:
     ok = True
     for k in dev:
         if k not in DEVICE_KEYS:
-            err(f"device.{k}", f"unknown key {k!r}", f"Use one of: {', '.join(DEVICE_KEYS)}{_did_you_mean(k, DEVICE_KEYS)}")
+            err(
+                f"device.{k}",
+                f"unknown key {k!r}",
+                f"Use one of: {', '.join(DEVICE_KEYS)}{_did_you_mean(k, DEVICE_KEYS)}",
+            )
             ok = False
     if not dev:
-        err("device", "empty [device] table matches nothing specific", f"Add at least one of: {', '.join(DEVICE_KEYS)}")
+        err(
+            "device",
+            "empty [device] table matches nothing specific",
+            f"Add at least one of: {', '.join(DEVICE_KEYS)}",
+        )
         return None
     vals: dict[str, Any] = {}
     bus = dev.get("bus")
@@ -178,7 +232,11 @@ def _device(dev: object, err: Any) -> DeviceMatch | None:
         elif _u16(bus):
             vals["bus"] = bus
         else:
-            err("device.bus", f"unknown bus {bus!r}", "Use usb, bluetooth, i2c, virtual, or a number")
+            err(
+                "device.bus",
+                f"unknown bus {bus!r}",
+                "Use usb, bluetooth, i2c, virtual, or a number",
+            )
             ok = False
     for k in ("vendor", "product"):
         v = dev.get(k)
@@ -186,7 +244,11 @@ def _device(dev: object, err: Any) -> DeviceMatch | None:
             if _u16(v):
                 vals[k] = v
             else:
-                err(f"device.{k}", f"{k} {v!r} is not a 16-bit number", f"Write it as a number, e.g. {k} = 0x28bd")
+                err(
+                    f"device.{k}",
+                    f"{k} {v!r} is not a 16-bit number",
+                    f"Write it as a number, e.g. {k} = 0x28bd",
+                )
                 ok = False
     for k in ("name", "uniq", "phys"):
         v = dev.get(k)
@@ -194,12 +256,18 @@ def _device(dev: object, err: Any) -> DeviceMatch | None:
             if isinstance(v, str):
                 vals[k] = v
             else:
-                err(f"device.{k}", f"{k} must be a string (a glob), got {v!r}", f'Write e.g. {k} = "XP-Pen*"')
+                err(
+                    f"device.{k}",
+                    f"{k} must be a string (a glob), got {v!r}",
+                    f'Write e.g. {k} = "XP-Pen*"',
+                )
                 ok = False
     return DeviceMatch(**vals) if ok else None
 
 
-def _policies(pols: object, f: str, registry: Mapping[str, type[Policy[Any]]], err: Any) -> list[Binding]:
+def _policies(
+    pols: object, f: str, registry: Mapping[str, type[Policy[Any]]], err: Any
+) -> list[Binding]:
     if pols is None:
         err("policy", "no [[policy]] tables", "Add at least one [[policy]] with a type")
         return []
@@ -215,14 +283,22 @@ def _policies(pols: object, f: str, registry: Mapping[str, type[Policy[Any]]], e
             continue
         cls = registry.get(t) if isinstance(t, str) else None
         if cls is None:
-            err(f"{base}.type", f"unknown policy type {t!r}", f"Use one of: {', '.join(sorted(registry))}{_did_you_mean(str(t), list(registry))}")
+            err(
+                f"{base}.type",
+                f"unknown policy type {t!r}",
+                f"Use one of: {', '.join(sorted(registry))}{_did_you_mean(str(t), list(registry))}",
+            )
             continue
         declared = {p.name: p for p in cls.PARAMS}
         params: dict[str, Any] = {}
         bad = False
         for k in table:
             if k != "type" and k not in declared:
-                err(f"{base}.{k}", f"unknown key {k!r} for a {t} policy", f"Use one of: {', '.join(declared)}{_did_you_mean(k, list(declared))}")
+                err(
+                    f"{base}.{k}",
+                    f"unknown key {k!r} for a {t} policy",
+                    f"Use one of: {', '.join(declared)}{_did_you_mean(k, list(declared))}",
+                )
                 bad = True
         for name, p in declared.items():
             if name not in table:

@@ -32,6 +32,7 @@ class Locator:
                         idx = counts.get(name, 0)
                         counts[name] = idx + 1
                         section = f"{name}[{idx}]"
+                        self.lines.setdefault(name, n)
                     else:
                         head, _, rest = name.partition(".")
                         if head in counts and rest:  # [policy.verify] -> policy[last].verify

@@ -38,5 +38,9 @@ class DeviceMatch:
             parts.append(f"vendor={self.vendor:#06x}")
         if self.product is not None:
             parts.append(f"product={self.product:#06x}")
-        parts += [f"{k}={v!r}" for k, v in (("name", self.name), ("uniq", self.uniq), ("phys", self.phys)) if v is not None]
+        parts += [
+            f"{k}={v!r}"
+            for k, v in (("name", self.name), ("uniq", self.uniq), ("phys", self.phys))
+            if v is not None
+        ]
         return " ".join(parts)

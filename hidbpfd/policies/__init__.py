@@ -39,7 +39,11 @@ def load_registry(*, plugins: bool = True) -> dict[str, type[Policy[Any]]]:
         return reg
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in BUILTIN:
-            log.error("policy plugin %s (%s) clashes with the built-in policy of that name; ignored", ep.name, ep.value)
+            log.error(
+                "policy plugin %s (%s) clashes with the built-in policy of that name; ignored",
+                ep.name,
+                ep.value,
+            )
             continue
         try:
             cls = ep.load()
@@ -47,7 +51,9 @@ def load_registry(*, plugins: bool = True) -> dict[str, type[Policy[Any]]]:
             log.error("policy plugin %s (%s) failed to load: %s", ep.name, ep.value, e)
             continue
         if not (isinstance(cls, type) and issubclass(cls, Policy)):
-            log.error("policy plugin %s (%s) is not a hidbpfd Policy subclass; ignored", ep.name, ep.value)
+            log.error(
+                "policy plugin %s (%s) is not a hidbpfd Policy subclass; ignored", ep.name, ep.value
+            )
             continue
         reg[ep.name] = cls
     return reg

@@ -16,7 +16,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hidbpfd.model import ANY_REPORT, Action, Cancel, InputEvent, Pattern, Reinject, Rule, RuleFlag, Schedule
+from hidbpfd.model import (
+    ANY_REPORT,
+    Action,
+    Cancel,
+    InputEvent,
+    Pattern,
+    Reinject,
+    Rule,
+    RuleFlag,
+    Schedule,
+)
 from hidbpfd.policies.base import Context, Policy
 from hidbpfd.policies.params import Kind, Param
 
@@ -41,8 +51,19 @@ class Defer(Policy[DeferState]):
     PARAMS = (
         Param("match", Kind.PATTERN, "reports to hold", required=True),
         Param("delay_ms", Kind.DURATION_MS, "how long to hold them", required=True),
-        Param("cancel_on", Kind.PATTERN, "reports that cancel the held one (default: any)", default=ANY_REPORT),
-        Param("on_cancel", Kind.CHOICE, "drop the held report, or flush it before the newcomer", default="drop", choices=("drop", "flush")),
+        Param(
+            "cancel_on",
+            Kind.PATTERN,
+            "reports that cancel the held one (default: any)",
+            default=ANY_REPORT,
+        ),
+        Param(
+            "on_cancel",
+            Kind.CHOICE,
+            "drop the held report, or flush it before the newcomer",
+            default="drop",
+            choices=("drop", "flush"),
+        ),
         Param("name", Kind.TEXT, "a name for logs", default=""),
     )
 
@@ -54,7 +75,9 @@ class Defer(Policy[DeferState]):
 
     def rules(self) -> tuple[Rule, ...]:
         """Hold + arm on ``match``; ``cancel_on`` only while armed."""
-        cancel = RuleFlag.WHEN_ARMED | (RuleFlag.HOLD if self.on_cancel == "flush" else RuleFlag.NONE)
+        cancel = RuleFlag.WHEN_ARMED | (
+            RuleFlag.HOLD if self.on_cancel == "flush" else RuleFlag.NONE
+        )
         return (Rule(self.match, RuleFlag.HOLD | RuleFlag.ARM), Rule(self.cancel_on, cancel))
 
     def new_state(self) -> DeferState:
@@ -86,4 +109,6 @@ class Defer(Policy[DeferState]):
         return [Reinject(held)] if held is not None else []
 
     def describe(self) -> str:
-        return f"defer {self.match} {self.delay_ms / 1e6:g} ms ({self.on_cancel} on {self.cancel_on})"
+        return (
+            f"defer {self.match} {self.delay_ms / 1e6:g} ms ({self.on_cancel} on {self.cancel_on})"
+        )

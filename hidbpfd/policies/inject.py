@@ -44,7 +44,12 @@ class InjectPolicy(Policy[InjectState]):
     SUMMARY = "on a matching report, inject a sequence of reports with optional waits"
     PARAMS = (
         Param("match", Kind.PATTERN, "the trigger report", required=True),
-        Param("reports", Kind.INJECT_STEPS, 'reports to inject, and {wait_ms = N} pauses', required=True),
+        Param(
+            "reports",
+            Kind.INJECT_STEPS,
+            "reports to inject, and {wait_ms = N} pauses",
+            required=True,
+        ),
         Param("pass_trigger", Kind.BOOL, "let readers see the trigger report", default=True),
         Param("name", Kind.TEXT, "a name for logs", default=""),
     )
@@ -82,4 +87,6 @@ class InjectPolicy(Policy[InjectState]):
 
     def describe(self) -> str:
         n = sum(1 for s in self.reports if isinstance(s, bytes))
-        return f"inject {n} reports on {self.match}" + ("" if self.pass_trigger else " (trigger held)")
+        return f"inject {n} reports on {self.match}" + (
+            "" if self.pass_trigger else " (trigger held)"
+        )

@@ -98,7 +98,9 @@ def _is_int(v: object) -> bool:
 
 def _duration(path: str, v: object) -> int:
     if not (_is_int(v) or isinstance(v, float)) or isinstance(v, bool):
-        raise ParamError(path, f"expected a number of milliseconds, got {v!r}", "Write e.g. 20 or 2.5")
+        raise ParamError(
+            path, f"expected a number of milliseconds, got {v!r}", "Write e.g. 20 or 2.5"
+        )
     ms = float(v)  # type: ignore[arg-type]
     if ms < 0:
         raise ParamError(path, f"negative delay {v}", "Use 0 or more milliseconds")
@@ -113,7 +115,9 @@ def _report(path: str, v: object) -> bytes:
     try:
         data, _ = parse_hex(v, wildcards=False)
     except HexError as e:
-        raise ParamError(path, str(e), 'Write bytes as two hex digits each, e.g. "01 00 06 00"') from e
+        raise ParamError(
+            path, str(e), 'Write bytes as two hex digits each, e.g. "01 00 06 00"'
+        ) from e
     return data
 
 
@@ -123,7 +127,9 @@ def _pattern(path: str, v: object) -> Pattern:
     try:
         return Pattern.parse(v)
     except HexError as e:
-        raise ParamError(path, str(e), 'Write hex bytes, "??" for any byte, e.g. "02 00 ?? ??"') from e
+        raise ParamError(
+            path, str(e), 'Write hex bytes, "??" for any byte, e.g. "02 00 ?? ??"'
+        ) from e
 
 
 def _table_keys(path: str, v: Mapping[str, Any], allowed: Sequence[str]) -> None:
@@ -134,7 +140,9 @@ def _table_keys(path: str, v: Mapping[str, Any], allowed: Sequence[str]) -> None
 
 def _inject_steps(path: str, v: object) -> tuple[InjectStep, ...]:
     if not isinstance(v, list) or not v:
-        raise ParamError(path, "expected a non-empty list", 'Write e.g. ["01 00 06", {wait_ms = 5}, "01 00 00"]')
+        raise ParamError(
+            path, "expected a non-empty list", 'Write e.g. ["01 00 06", {wait_ms = 5}, "01 00 00"]'
+        )
     out: list[InjectStep] = []
     for i, step in enumerate(v):
         p = f"{path}[{i}]"
@@ -206,7 +214,8 @@ def convert(param: Param, v: object) -> Any:
         case Kind.INT:
             if not _is_int(v) or not param.minimum <= v <= param.maximum:  # type: ignore[operator]
                 raise ParamError(
-                    path, f"expected an integer in {param.minimum}..{param.maximum}, got {v!r}",
+                    path,
+                    f"expected an integer in {param.minimum}..{param.maximum}, got {v!r}",
                     f"Use a whole number from {param.minimum} to {param.maximum}",
                 )
             return v
@@ -216,14 +225,26 @@ def convert(param: Param, v: object) -> Any:
             return v
         case Kind.CHOICE:
             if v not in param.choices:
-                raise ParamError(path, f"{v!r} is not one of {list(param.choices)}", f"Use one of: {', '.join(param.choices)}")
+                raise ParamError(
+                    path,
+                    f"{v!r} is not one of {list(param.choices)}",
+                    f"Use one of: {', '.join(param.choices)}",
+                )
             return v
         case Kind.CHOICES:
             if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-                raise ParamError(path, f"expected a list of strings, got {v!r}", f"Write e.g. {list(param.choices[:2])}")
+                raise ParamError(
+                    path,
+                    f"expected a list of strings, got {v!r}",
+                    f"Write e.g. {list(param.choices[:2])}",
+                )
             bad = [x for x in v if x not in param.choices]
             if bad:
-                raise ParamError(path, f"{bad[0]!r} is not one of {list(param.choices)}", f"Use any of: {', '.join(param.choices)}")
+                raise ParamError(
+                    path,
+                    f"{bad[0]!r} is not one of {list(param.choices)}",
+                    f"Use any of: {', '.join(param.choices)}",
+                )
             return tuple(dict.fromkeys(v))
         case Kind.INJECT_STEPS:
             return _inject_steps(path, v)

@@ -53,10 +53,24 @@ class Reinit(Policy[ReinitState]):
     SUMMARY = "on a wake-up report (or added/resume), send output/feature reports, verify, retry"
     PARAMS = (
         Param("match", Kind.PATTERN, "the report that says the device needs re-initialising"),
-        Param("on", Kind.CHOICES, "triggers: report, added, resume", choices=("report", "added", "resume")),
-        Param("send", Kind.SEND_STEPS, "output/feature reports and {wait_ms = N} pauses", required=True),
+        Param(
+            "on",
+            Kind.CHOICES,
+            "triggers: report, added, resume",
+            choices=("report", "added", "resume"),
+        ),
+        Param(
+            "send",
+            Kind.SEND_STEPS,
+            "output/feature reports and {wait_ms = N} pauses",
+            required=True,
+        ),
         Param("retries", Kind.INT, "extra attempts when verify fails", default=0, maximum=100),
-        Param("verify", Kind.VERIFY, "{report_id, expect, length}: check a feature report after sending"),
+        Param(
+            "verify",
+            Kind.VERIFY,
+            "{report_id, expect, length}: check a feature report after sending",
+        ),
         Param("pass_trigger", Kind.BOOL, "let readers see the trigger report", default=True),
         Param("name", Kind.TEXT, "a name for logs", default=""),
     )
@@ -76,13 +90,21 @@ class Reinit(Policy[ReinitState]):
         if p.get("on") is None:
             p["on"] = ("report",) if p.get("match") is not None else ()
         if not p["on"]:
-            raise ParamError("on", "nothing triggers this policy", 'Set match = "..." or on = ["added"]')
+            raise ParamError(
+                "on", "nothing triggers this policy", 'Set match = "..." or on = ["added"]'
+            )
         if "report" in p["on"] and p.get("match") is None:
             raise ParamError("match", 'on = ["report"] needs a match pattern', 'Add match = "..."')
         if p["match"] is not None and "report" not in p["on"]:
-            raise ParamError("on", "match is set but on does not list \"report\"", 'Add "report" to on')
+            raise ParamError(
+                "on", 'match is set but on does not list "report"', 'Add "report" to on'
+            )
         if p.get("retries") and p.get("verify") is None:
-            raise ParamError("retries", "retries without verify never retry", "Add verify = {report_id = ..., expect = \"...\"}")
+            raise ParamError(
+                "retries",
+                "retries without verify never retry",
+                'Add verify = {report_id = ..., expect = "..."}',
+            )
         return cls(**p)
 
     def rules(self) -> tuple[Rule, ...]:
@@ -149,4 +171,6 @@ class Reinit(Policy[ReinitState]):
     def describe(self) -> str:
         trig = ", ".join(("report " + str(self.match)) if t == "report" else t for t in self.on)
         n = sum(1 for s in self.send if isinstance(s, Output | Feature))
-        return f"reinit on {trig}: {n} reports" + (f", verify, {self.retries} retries" if self.verify else "")
+        return f"reinit on {trig}: {n} reports" + (
+            f", verify, {self.retries} retries" if self.verify else ""
+        )

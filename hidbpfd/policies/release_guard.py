@@ -33,7 +33,9 @@ class ReleaseGuard(Policy[GuardState]):
     PARAMS = (
         Param("match", Kind.PATTERN, "the press report", required=True),
         Param("release", Kind.REPORT, "the release report to inject", required=True),
-        Param("timeout_ms", Kind.DURATION_MS, "how long to wait for the real release", required=True),
+        Param(
+            "timeout_ms", Kind.DURATION_MS, "how long to wait for the real release", required=True
+        ),
         Param("release_match", Kind.PATTERN, "reports that count as a release (default: release)"),
         Param("name", Kind.TEXT, "a name for logs", default=""),
     )
@@ -76,4 +78,5 @@ class ReleaseGuard(Policy[GuardState]):
         return [Inject(self.release)]
 
     def describe(self) -> str:
-        return f"release-guard {self.match} -> {self.release.hex(' ')} after {self.timeout_ms / 1e6:g} ms"
+        ms = self.timeout_ms / 1e6
+        return f"release-guard {self.match} -> {self.release.hex(' ')} after {ms:g} ms"

@@ -1,0 +1,45 @@
+"""Test helpers: build configs and recordings from literals, replay them, compare traces."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from hidbpfd.config import Config, load
+from hidbpfd.recording import RecordedDevice, Recording
+from hidbpfd.replay import FilterBackend, replay
+
+DEVICE = '[device]\nvendor = 0x1234\nproduct = 0x5678\n'
+
+
+def config_from(tmp: Path, toml: str, name: str = "50-1234__5678-test.toml") -> Config:
+    """Write ``toml`` (a [device] table is prepended if missing) and load it; fail on errors."""
+    text = toml if "[device]" in toml else DEVICE + toml
+    p = tmp / name
+    p.write_text(text)
+    cfg = load([p])
+    assert not cfg.errors, "\n".join(map(str, cfg.errors))
+    return cfg
+
+
+def recording(events: Sequence[tuple[float, str]], *, vendor: int = 0x1234, product: int = 0x5678) -> Recording:
+    """One USB device with ``events`` as (ms, "hex bytes")."""
+    d = RecordedDevice(0, name="test device", bus=3, vendor=vendor, product=product)
+    d.events = [(round(t * 1e6), bytes.fromhex(h)) for t, h in events]
+    return Recording("<test>", [d])
+
+
+Trace = list[tuple[float, str, str]]
+
+
+def run(cfg: Config, events: Sequence[tuple[float, str]], backend: FilterBackend | None = None) -> Trace:
+    """Replay ``events`` and return the trace as (ms, kind, "hex") triples."""
+    return [
+        (round(line.t * 1000, 3), line.kind, line.data)
+        for line in replay(recording(events), cfg, backend=backend)
+    ]
+
+
+def norm(expected: Sequence[tuple[float, str, str]]) -> Trace:
+    """Expected traces are written with spaced hex; normalise to the trace's form."""
+    return [(float(t), k, h.replace(" ", "")) for t, k, h in expected]

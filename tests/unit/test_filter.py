@@ -1,0 +1,79 @@
+"""The reference filter: which reports wake the daemon, which are held (table-driven)."""
+
+from __future__ import annotations
+
+import pytest
+
+from hidbpfd.filter import RECORD_DATA_MAX, Filter, RuleTableError
+from hidbpfd.model import ANY_REPORT, DeviceRule, Pattern, Rule, RuleFlag
+
+H, A, W = RuleFlag.HOLD, RuleFlag.ARM, RuleFlag.WHEN_ARMED
+N = RuleFlag.NONE
+
+
+def P(s: str) -> Pattern:
+    return Pattern.parse(s)
+
+
+# (rules as (pattern, flags, group), [(report hex, expected (matched, held) or None)])
+CASES = {
+    "no rules, nothing fires": ([], [("01 02", None)]),
+    "plain notify": ([(P("01"), N, 0)], [("01 00", (0b1, False)), ("02 00", None)]),
+    "hold": ([(P("01 ??"), H, 0)], [("01 00", (0b1, True)), ("01", None)]),
+    "defer shape: any report only while armed": (
+        [(P("02 00"), H | A, 0), (ANY_REPORT, W, 0)],
+        [
+            ("02 20", None),  # not armed: 'any' stays silent
+            ("02 00", (0b01, True)),  # arms
+            ("02 20", (0b10, False)),  # fires, disarms
+            ("02 20", None),  # silent again
+            ("02 00", (0b01, True)),
+            ("02 00", (0b11, True)),  # cancels the old one and arms again
+            ("02 21", (0b10, False)),
+        ],
+    ),
+    "groups are independent": (
+        [(P("01"), A, 0), (P("09"), W, 0), (P("02"), A, 1), (P("09"), W, 1)],
+        [("09", None), ("01", (0b0001, False)), ("09", (0b0010, False)), ("02", (0b0100, False)), ("09", (0b1000, False))],
+    ),
+    "several rules fire at once": (
+        [(P("01"), N, 0), (P("01 02"), H, 1), (P("??"), N, 2)],
+        [("01 02", (0b111, True)), ("01 03", (0b101, False)), ("05", (0b100, False))],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_filter_table(name: str) -> None:
+    rules, seq = CASES[name]
+    f = Filter([DeviceRule(Rule(p, fl), g) for p, fl, g in rules])
+    for report, expected in seq:
+        v = f.run(bytes.fromhex(report))
+        got = None if v is None else (v.matched, v.held)
+        assert got == expected, f"{name}: report {report}"
+
+
+def test_cannot_hold_notifies_without_holding() -> None:
+    f = Filter([DeviceRule(Rule(P("01"), H), 0)], can_hold=False)
+    v = f.run(b"\x01")
+    assert v is not None and v.matched == 1 and not v.held
+
+
+def test_long_report_is_truncated_and_never_held() -> None:
+    f = Filter([DeviceRule(Rule(P("01"), H), 0)])
+    v = f.run(b"\x01" * (RECORD_DATA_MAX + 1))
+    assert v is not None and v.truncated and not v.held
+
+
+def test_ring_full_passes_and_leaves_armed_alone() -> None:
+    f = Filter([DeviceRule(Rule(P("01"), H | A), 0), DeviceRule(Rule(ANY_REPORT, W), 0)])
+    assert f.run(b"\x01", ring_full=True) is None
+    assert f.armed == 0
+    assert f.run(b"\x05") is None  # still not armed: the daemon never heard of the hold
+
+
+def test_table_limits() -> None:
+    with pytest.raises(RuleTableError, match="32"):
+        Filter([DeviceRule(Rule(ANY_REPORT), 0)] * 33)
+    with pytest.raises(RuleTableError, match="group"):
+        Filter([DeviceRule(Rule(ANY_REPORT), 32)])
