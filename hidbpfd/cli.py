@@ -108,6 +108,12 @@ def _cmd_vm(args: argparse.Namespace) -> int:
     return vm_main(args.cmd)
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from hidbpfd.demo import main as demo_main
+
+    return demo_main(["--replay"] if args.replay else [])
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the docs test)."""
     p = argparse.ArgumentParser(
@@ -133,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("recording", metavar="RECORDING")
     r.set_defaults(func=_cmd_replay)
+
+    d = sub.add_parser("demo", help="show the three needs end to end on virtual devices")
+    d.add_argument("--replay", action="store_true", help="virtual time only (no uhid devices)")
+    d.set_defaults(func=_cmd_demo)
 
     pl = sub.add_parser("policies", help="list the policy types and their keys")
     pl.set_defaults(func=_cmd_policies)

@@ -9,7 +9,7 @@ from hidbpfd.config import Config, load
 from hidbpfd.recording import RecordedDevice, Recording
 from hidbpfd.replay import FilterBackend, replay
 
-DEVICE = '[device]\nvendor = 0x1234\nproduct = 0x5678\n'
+DEVICE = "[device]\nvendor = 0x1234\nproduct = 0x5678\n"
 
 
 def config_from(tmp: Path, toml: str, name: str = "50-1234__5678-test.toml") -> Config:
@@ -22,7 +22,9 @@ def config_from(tmp: Path, toml: str, name: str = "50-1234__5678-test.toml") -> 
     return cfg
 
 
-def recording(events: Sequence[tuple[float, str]], *, vendor: int = 0x1234, product: int = 0x5678) -> Recording:
+def recording(
+    events: Sequence[tuple[float, str]], *, vendor: int = 0x1234, product: int = 0x5678
+) -> Recording:
     """One USB device with ``events`` as (ms, "hex bytes")."""
     d = RecordedDevice(0, name="test device", bus=3, vendor=vendor, product=product)
     d.events = [(round(t * 1e6), bytes.fromhex(h)) for t, h in events]
@@ -32,7 +34,9 @@ def recording(events: Sequence[tuple[float, str]], *, vendor: int = 0x1234, prod
 Trace = list[tuple[float, str, str]]
 
 
-def run(cfg: Config, events: Sequence[tuple[float, str]], backend: FilterBackend | None = None) -> Trace:
+def run(
+    cfg: Config, events: Sequence[tuple[float, str]], backend: FilterBackend | None = None
+) -> Trace:
     """Replay ``events`` and return the trace as (ms, kind, "hex") triples."""
     return [
         (round(line.t * 1000, 3), line.kind, line.data)

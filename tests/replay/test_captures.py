@@ -23,7 +23,10 @@ CAPTURES = {
 
 
 def expected(name: str) -> list[dict[str, object]]:
-    return [json.loads(x) for x in (ROOT / "tests/captures" / f"{name}.trace.jsonl").read_text().splitlines()]
+    return [
+        json.loads(x)
+        for x in (ROOT / "tests/captures" / f"{name}.trace.jsonl").read_text().splitlines()
+    ]
 
 
 def test_every_capture_is_covered() -> None:
@@ -33,7 +36,10 @@ def test_every_capture_is_covered() -> None:
 @pytest.mark.parametrize("name", sorted(CAPTURES))
 def test_capture_trace(name: str) -> None:
     cfg = load([ROOT / "config" / CAPTURES[name]])
-    got = [json.loads(line.json()) for line in replay(load_rec(ROOT / "tests/captures" / f"{name}.hid"), cfg)]
+    got = [
+        json.loads(line.json())
+        for line in replay(load_rec(ROOT / "tests/captures" / f"{name}.hid"), cfg)
+    ]
     assert got == expected(name)
 
 
@@ -41,12 +47,17 @@ def test_capture_trace(name: str) -> None:
 def test_capture_through_the_whole_config_dir(name: str) -> None:
     """With every example loaded, each device still gets only its own policies."""
     cfg = load([ROOT / "config"])
-    got = [json.loads(line.json()) for line in replay(load_rec(ROOT / "tests/captures" / f"{name}.hid"), cfg)]
+    got = [
+        json.loads(line.json())
+        for line in replay(load_rec(ROOT / "tests/captures" / f"{name}.hid"), cfg)
+    ]
     assert got == expected(name)
 
 
 def test_cli_replay_prints_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["replay", "--config", str(ROOT / "config"), str(ROOT / "tests/captures/pen-proximity.hid")])
+    rc = main(
+        ["replay", "--config", str(ROOT / "config"), str(ROOT / "tests/captures/pen-proximity.hid")]
+    )
     assert rc == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert lines == expected("pen-proximity")

@@ -15,55 +15,107 @@ DEV = "[device]\nvendor = 0x1234\n"
 # name: (file text, [(line, key, fragment of the message)])
 CASES: dict[str, tuple[str, list[tuple[int, str, str]]]] = {
     "toml syntax": (DEV + "[[policy]\n", [(3, "(syntax)", "invalid TOML")]),
-    "unknown top-level key": ("engin = 1\n" + DEV + GOOD_POLICY, [(1, "engin", "unknown top-level key")]),
+    "unknown top-level key": (
+        "engin = 1\n" + DEV + GOOD_POLICY,
+        [(1, "engin", "unknown top-level key")],
+    ),
     "missing device": (GOOD_POLICY, [(1, "device", "missing [device]")]),
     "empty device": ("[device]\n" + GOOD_POLICY, [(1, "device", "empty [device]")]),
-    "unknown device key": ("[device]\nvendr = 1\n" + GOOD_POLICY, [(2, "device.vendr", "did you mean 'vendor'")]),
+    "unknown device key": (
+        "[device]\nvendr = 1\n" + GOOD_POLICY,
+        [(2, "device.vendr", "did you mean 'vendor'")],
+    ),
     "bad bus": ('[device]\nbus = "firewire"\n' + GOOD_POLICY, [(2, "device.bus", "unknown bus")]),
-    "vendor too big": ("[device]\nvendor = 0x12345\n" + GOOD_POLICY, [(2, "device.vendor", "16-bit")]),
-    "vendor as string": ('[device]\nvendor = "0x1234"\n' + GOOD_POLICY, [(2, "device.vendor", "16-bit")]),
-    "name not a string": ("[device]\nname = 3\n" + GOOD_POLICY, [(2, "device.name", "must be a string")]),
+    "vendor too big": (
+        "[device]\nvendor = 0x12345\n" + GOOD_POLICY,
+        [(2, "device.vendor", "16-bit")],
+    ),
+    "vendor as string": (
+        '[device]\nvendor = "0x1234"\n' + GOOD_POLICY,
+        [(2, "device.vendor", "16-bit")],
+    ),
+    "name not a string": (
+        "[device]\nname = 3\n" + GOOD_POLICY,
+        [(2, "device.name", "must be a string")],
+    ),
     "no policies": (DEV, [(1, "policy", "no [[policy]]")]),
     "policy not an array": (DEV + "[policy]\ntype = 'defer'\n", [(3, "policy", "array of tables")]),
     "missing type": (DEV + "[[policy]]\nmatch = '01'\n", [(3, "policy[0]", "missing type")]),
-    "unknown type": (DEV + "[[policy]]\ntype = 'defr'\n", [(4, "policy[0].type", "did you mean 'defer'")]),
-    "unknown policy key": (DEV + GOOD_POLICY + "dela_ms = 3\n", [(7, "policy[0].dela_ms", "unknown key")]),
-    "missing required key": (DEV + "[[policy]]\ntype = 'defer'\nmatch = '02'\n", [(3, "policy[0]", "missing 'delay_ms'")]),
-    "bad hex in pattern": (DEV + "[[policy]]\ntype = 'defer'\nmatch = '02 zz'\ndelay_ms = 1\n", [(5, "policy[0].match", "bad hex byte 'zz'")]),
+    "unknown type": (
+        DEV + "[[policy]]\ntype = 'defr'\n",
+        [(4, "policy[0].type", "did you mean 'defer'")],
+    ),
+    "unknown policy key": (
+        DEV + GOOD_POLICY + "dela_ms = 3\n",
+        [(7, "policy[0].dela_ms", "unknown key")],
+    ),
+    "missing required key": (
+        DEV + "[[policy]]\ntype = 'defer'\nmatch = '02'\n",
+        [(3, "policy[0]", "missing 'delay_ms'")],
+    ),
+    "bad hex in pattern": (
+        DEV + "[[policy]]\ntype = 'defer'\nmatch = '02 zz'\ndelay_ms = 1\n",
+        [(5, "policy[0].match", "bad hex byte 'zz'")],
+    ),
     "wildcard in a report to send": (
         DEV + "[[policy]]\ntype = 'inject'\nmatch = '01'\nreports = ['01 ??']\n",
         [(6, "policy[0].reports[0]", "wildcard")],
     ),
-    "negative delay": (DEV + "[[policy]]\ntype = 'defer'\nmatch = '02'\ndelay_ms = -5\n", [(6, "policy[0].delay_ms", "negative delay")]),
+    "negative delay": (
+        DEV + "[[policy]]\ntype = 'defer'\nmatch = '02'\ndelay_ms = -5\n",
+        [(6, "policy[0].delay_ms", "negative delay")],
+    ),
     "negative wait": (
         DEV + "[[policy]]\ntype = 'inject'\nmatch = '01'\nreports = ['01', {wait_ms = -1}]\n",
         [(6, "policy[0].reports[1].wait_ms", "negative delay")],
     ),
-    "delay not a number": (DEV + "[[policy]]\ntype = 'defer'\nmatch = '02'\ndelay_ms = '5'\n", [(6, "policy[0].delay_ms", "milliseconds")]),
-    "bad choice": (DEV + GOOD_POLICY + "on_cancel = 'keep'\n", [(7, "policy[0].on_cancel", "not one of")]),
-    "bad bool": (DEV + "[[policy]]\ntype = 'inject'\nmatch = '01'\nreports = ['01']\npass_trigger = 'no'\n", [(7, "policy[0].pass_trigger", "true or false")]),
+    "delay not a number": (
+        DEV + "[[policy]]\ntype = 'defer'\nmatch = '02'\ndelay_ms = '5'\n",
+        [(6, "policy[0].delay_ms", "milliseconds")],
+    ),
+    "bad choice": (
+        DEV + GOOD_POLICY + "on_cancel = 'keep'\n",
+        [(7, "policy[0].on_cancel", "not one of")],
+    ),
+    "bad bool": (
+        DEV + "[[policy]]\ntype = 'inject'\nmatch = '01'\nreports = ['01']\npass_trigger = 'no'\n",
+        [(7, "policy[0].pass_trigger", "true or false")],
+    ),
     "bad send step": (
         DEV + "[[policy]]\ntype = 'reinit'\nmatch = '01'\nsend = [{outpt = '01'}]\n",
         [(6, "policy[0].send[0]", "unknown key 'outpt'")],
     ),
-    "only waits": (DEV + "[[policy]]\ntype = 'reinit'\nmatch = '01'\nsend = [{wait_ms = 1}]\n", [(6, "policy[0].send", "only waits")]),
+    "only waits": (
+        DEV + "[[policy]]\ntype = 'reinit'\nmatch = '01'\nsend = [{wait_ms = 1}]\n",
+        [(6, "policy[0].send", "only waits")],
+    ),
     "verify without report_id": (
-        DEV + "[[policy]]\ntype = 'reinit'\nmatch = '01'\nsend = [{feature = '05 01'}]\nverify = {expect = '05'}\n",
+        DEV
+        + "[[policy]]\ntype = 'reinit'\nmatch = '01'\nsend = [{feature = '05 01'}]\nverify = {expect = '05'}\n",
         [(7, "policy[0].verify", "needs report_id")],
     ),
-    "reinit with nothing to trigger it": (DEV + "[[policy]]\ntype = 'reinit'\nsend = [{feature = '05 01'}]\n", [(3, "policy[0].on", "nothing triggers")]),
+    "reinit with nothing to trigger it": (
+        DEV + "[[policy]]\ntype = 'reinit'\nsend = [{feature = '05 01'}]\n",
+        [(3, "policy[0].on", "nothing triggers")],
+    ),
     "retries without verify": (
-        DEV + "[[policy]]\ntype = 'reinit'\nmatch = '01'\nsend = [{feature = '05 01'}]\nretries = 2\n",
+        DEV
+        + "[[policy]]\ntype = 'reinit'\nmatch = '01'\nsend = [{feature = '05 01'}]\nretries = 2\n",
         [(7, "policy[0].retries", "never retry")],
     ),
     "retries out of range": (
-        DEV + "[[policy]]\ntype = 'reinit'\nmatch = '01'\nsend = [{feature = '05'}]\nverify = {report_id = 5, expect = '05'}\nretries = 1000\n",
+        DEV
+        + "[[policy]]\ntype = 'reinit'\nmatch = '01'\nsend = [{feature = '05'}]\nverify = {report_id = 5, expect = '05'}\nretries = 1000\n",
         [(8, "policy[0].retries", "integer in 0..100")],
     ),
     "too many rules": (DEV + GOOD_POLICY * 17, [(3, "policy", "32")]),
     "several errors at once": (
         "[device]\nvendor = 0x12345\n[[policy]]\ntype = 'defer'\nmatch = 'zz'\ndelay_ms = -1\n",
-        [(2, "device.vendor", "16-bit"), (5, "policy[0].match", "bad hex"), (6, "policy[0].delay_ms", "negative")],
+        [
+            (2, "device.vendor", "16-bit"),
+            (5, "policy[0].match", "bad hex"),
+            (6, "policy[0].delay_ms", "negative"),
+        ],
     ),
 }
 
@@ -90,12 +142,16 @@ def test_duplicate_device_match_across_files(tmp_path: Path) -> None:
     cfg = load([tmp_path])
     assert [f.path for f in cfg.files] == [str(tmp_path / "10-1234__5678-a.toml")]
     (e,) = cfg.errors
-    assert e.file.endswith("20-1234__5678-b.toml") and e.line == 2 and "10-1234__5678-a.toml" in e.what
+    assert (
+        e.file.endswith("20-1234__5678-b.toml") and e.line == 2 and "10-1234__5678-a.toml" in e.what
+    )
 
 
 def test_bad_file_does_not_stop_good_ones(tmp_path: Path) -> None:
     (tmp_path / "10-1234__5678-good.toml").write_text(DEV + GOOD_POLICY)
-    (tmp_path / "20-9999__0001-bad.toml").write_text("[device]\nvendor = 0x9999\n[[policy]]\ntype = 'nope'\n")
+    (tmp_path / "20-9999__0001-bad.toml").write_text(
+        "[device]\nvendor = 0x9999\n[[policy]]\ntype = 'nope'\n"
+    )
     cfg = load([tmp_path])
     assert len(cfg.files) == 1 and len(cfg.errors) == 1
 
@@ -129,4 +185,9 @@ def test_shipped_examples_are_valid() -> None:
     cfg = load([root / "config"])
     assert cfg.ok, "\n".join(map(str, cfg.errors))
     assert not cfg.warnings, "\n".join(map(str, cfg.warnings))
-    assert {b.policy.TYPE for f in cfg.files for b in f.bindings} == {"defer", "inject", "release-guard", "reinit"}
+    assert {b.policy.TYPE for f in cfg.files for b in f.bindings} == {
+        "defer",
+        "inject",
+        "release-guard",
+        "reinit",
+    }

@@ -37,16 +37,23 @@ def _config(tmp: Path, on_cancel: str, cancel_on: str | None) -> Config:
 
 # (time in µs, None for a held report / index into OTHER)
 events_st = st.lists(
-    st.tuples(st.integers(min_value=0, max_value=60_000), st.one_of(st.none(), st.integers(0, len(OTHER) - 1))),
+    st.tuples(
+        st.integers(min_value=0, max_value=60_000),
+        st.one_of(st.none(), st.integers(0, len(OTHER) - 1)),
+    ),
     max_size=30,
 ).map(lambda evs: sorted(evs, key=lambda e: e[0]))
 
 
 @pytest.mark.parametrize("on_cancel", ["drop", "flush"])
 @pytest.mark.parametrize("cancel_on", [None, "02 20", "05"])
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(evs=events_st)
-def test_defer_properties(tmp_path: Path, on_cancel: str, cancel_on: str | None, evs: list[tuple[int, int | None]]) -> None:
+def test_defer_properties(
+    tmp_path: Path, on_cancel: str, cancel_on: str | None, evs: list[tuple[int, int | None]]
+) -> None:
     cfg = _config(tmp_path, on_cancel, cancel_on)
     reports: list[tuple[int, bytes]] = []
     held_at: dict[bytes, tuple[int, int]] = {}  # report -> (event index, time ns)
@@ -58,8 +65,14 @@ def test_defer_properties(tmp_path: Path, on_cancel: str, cancel_on: str | None,
     dev = RecordedDevice(0, bus=3, vendor=0x1234, product=0x5678, events=reports)
     trace = list(replay(Recording("<prop>", [dev]), cfg))
     t0 = reports[0][0] if reports else 0
-    injected = {bytes.fromhex(x.data): t0 + round(x.t * 1e9) for x in trace if x.kind == "inject" and x.data.startswith("0200")}
-    assert not [x for x in trace if x.kind == "pass" and x.data.startswith("0200")], "held report leaked"
+    injected = {
+        bytes.fromhex(x.data): t0 + round(x.t * 1e9)
+        for x in trace
+        if x.kind == "inject" and x.data.startswith("0200")
+    }
+    assert not [x for x in trace if x.kind == "pass" and x.data.startswith("0200")], (
+        "held report leaked"
+    )
 
     def cancels(data: bytes) -> bool:
         return cancel_on is None or data.startswith(bytes.fromhex(cancel_on))
@@ -76,4 +89,6 @@ def test_defer_properties(tmp_path: Path, on_cancel: str, cancel_on: str | None,
             assert not cancels_before, (data.hex(), t_inj, cancels_before)
         else:
             # property 2: dropped only because a cancelling report came in time
-            assert first_cancel is not None and on_cancel == "drop", f"{data.hex()} lost without a cancel"
+            assert first_cancel is not None and on_cancel == "drop", (
+                f"{data.hex()} lost without a cancel"
+            )

@@ -10,13 +10,31 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "hidbpfd"
 PURE = [
-    "model.py", "filter.py", "clock.py", "scheduler.py", "dispatch.py", "recording.py", "replay.py",
+    "model.py",
+    "filter.py",
+    "clock.py",
+    "scheduler.py",
+    "dispatch.py",
+    "recording.py",
+    "replay.py",
     *[f"policies/{p.name}" for p in (PKG / "policies").glob("*.py")],
     *[f"config/{p.name}" for p in (PKG / "config").glob("*.py")],
 ]
 FORBIDDEN = (
-    "hidbpfd.backends", "hidbpfd.daemon", "hidbpfd.cli", "hidbpfd.vm", "hidbpfd.probe", "hidbpfd.bench",
-    "asyncio", "ctypes", "socket", "pyudev", "evdev", "hid", "systemd", "subprocess",
+    "hidbpfd.backends",
+    "hidbpfd.daemon",
+    "hidbpfd.cli",
+    "hidbpfd.vm",
+    "hidbpfd.probe",
+    "hidbpfd.bench",
+    "asyncio",
+    "ctypes",
+    "socket",
+    "pyudev",
+    "evdev",
+    "hid",
+    "systemd",
+    "subprocess",
 )
 
 
@@ -32,7 +50,9 @@ def imports(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("rel", sorted(PURE))
 def test_pure_module_imports(rel: str) -> None:
-    bad = sorted(m for m in imports(PKG / rel) if any(m == f or m.startswith(f + ".") for f in FORBIDDEN))
+    bad = sorted(
+        m for m in imports(PKG / rel) if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)
+    )
     assert not bad, f"hidbpfd/{rel} imports {bad}"
 
 

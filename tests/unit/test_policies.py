@@ -36,7 +36,12 @@ CASES: dict[str, tuple[str, list[tuple[float, str]], list[tuple[float, str, str]
     "defer: cancel_on limits what cancels": (
         "[[policy]]\n" + DEFER + 'cancel_on = "02 21"\n',
         [(0, "02 00"), (3, "02 20"), (6, "02 21"), (10, "02 00"), (12, "02 20")],
-        [(3, "pass", "02 20"), (6, "pass", "02 21"), (12, "pass", "02 20"), (30, "inject", "02 00")],
+        [
+            (3, "pass", "02 20"),
+            (6, "pass", "02 21"),
+            (12, "pass", "02 20"),
+            (30, "inject", "02 00"),
+        ],
     ),
     "defer: a new match that does not cancel releases the older one": (
         "[[policy]]\n" + DEFER + 'cancel_on = "07"\n',
@@ -51,7 +56,12 @@ CASES: dict[str, tuple[str, list[tuple[float, str]], list[tuple[float, str, str]
     "inject: sequence with waits, trigger passes": (
         '[[policy]]\ntype = "inject"\nmatch = "01 00 68"\nreports = ["01 01 06 00", {wait_ms = 5}, "01 00 00 00"]\n',
         [(0, "01 00 68 00"), (1, "01 00 00 00")],
-        [(0, "pass", "01 00 68 00"), (0, "inject", "01 01 06 00"), (1, "pass", "01 00 00 00"), (5, "inject", "01 00 00 00")],
+        [
+            (0, "pass", "01 00 68 00"),
+            (0, "inject", "01 01 06 00"),
+            (1, "pass", "01 00 00 00"),
+            (5, "inject", "01 00 00 00"),
+        ],
     ),
     "inject: pass_trigger = false swallows the trigger": (
         '[[policy]]\ntype = "inject"\nmatch = "01 00 68"\nreports = ["01 01 06 00", "01 00 00 00"]\npass_trigger = false\n',
@@ -71,7 +81,12 @@ CASES: dict[str, tuple[str, list[tuple[float, str]], list[tuple[float, str, str]
     "release-guard: lost release injected once": (
         '[[policy]]\ntype = "release-guard"\nmatch = "03 ?? ??"\nrelease = "03 00 00"\ntimeout_ms = 100\n',
         [(0, "03 e9 00"), (300, "03 ea 00"), (350, "03 00 00")],
-        [(0, "pass", "03 e9 00"), (100, "inject", "03 00 00"), (300, "pass", "03 ea 00"), (350, "pass", "03 00 00")],
+        [
+            (0, "pass", "03 e9 00"),
+            (100, "inject", "03 00 00"),
+            (300, "pass", "03 ea 00"),
+            (350, "pass", "03 00 00"),
+        ],
     ),
     "release-guard: repeated press re-arms the timeout": (
         '[[policy]]\ntype = "release-guard"\nmatch = "03 e9"\nrelease = "03 00 00"\ntimeout_ms = 100\n',
@@ -81,7 +96,12 @@ CASES: dict[str, tuple[str, list[tuple[float, str]], list[tuple[float, str, str]
     "reinit: on a report, output, wait, feature": (
         '[[policy]]\ntype = "reinit"\nmatch = "10 ff 80 00"\nsend = [{output = "10 ff 80 11 01"}, {wait_ms = 10}, {feature = "05 01"}]\n',
         [(0, "10 00 00 00"), (100, "10 ff 80 00")],
-        [(0, "pass", "10 00 00 00"), (100, "pass", "10 ff 80 00"), (100, "output", "10 ff 80 11 01"), (110, "feature", "05 01")],
+        [
+            (0, "pass", "10 00 00 00"),
+            (100, "pass", "10 ff 80 00"),
+            (100, "output", "10 ff 80 11 01"),
+            (110, "feature", "05 01"),
+        ],
     ),
     "reinit: on added, before the first report": (
         '[[policy]]\ntype = "reinit"\non = ["added"]\nsend = [{feature = "05 01"}]\n',
@@ -92,7 +112,12 @@ CASES: dict[str, tuple[str, list[tuple[float, str]], list[tuple[float, str, str]
         '[[policy]]\ntype = "reinit"\nmatch = "10 ff"\nsend = [{feature = "05 00"}, {wait_ms = 1}]\n'
         'verify = {report_id = 5, expect = "05 01"}\nretries = 2\n',
         [(0, "10 ff")],
-        [(0, "pass", "10 ff"), (0, "feature", "05 00"), (1, "feature", "05 00"), (2, "feature", "05 00")],
+        [
+            (0, "pass", "10 ff"),
+            (0, "feature", "05 00"),
+            (1, "feature", "05 00"),
+            (2, "feature", "05 00"),
+        ],
     ),
     "reinit: verify succeeds, no retry": (
         '[[policy]]\ntype = "reinit"\nmatch = "10 ff"\nsend = [{feature = "05 01"}]\n'
@@ -115,5 +140,5 @@ def test_policy_table(name: str, tmp_path: Path) -> None:
 
 
 def test_unmatched_device_passes_everything(tmp_path: Path) -> None:
-    cfg = config_from(tmp_path, '[device]\nvendor = 0x9999\n[[policy]]\n' + DEFER)
+    cfg = config_from(tmp_path, "[device]\nvendor = 0x9999\n[[policy]]\n" + DEFER)
     assert run(cfg, [(0, "02 00")]) == norm([(0, "pass", "02 00")])

@@ -52,7 +52,14 @@ def test_cancel_while_due() -> None:
 
 def test_rearm_while_due_moves_it() -> None:
     s, clock, ran = make()
-    s.start("a", 10, lambda: (ran.append((clock.now_ns(), "a")), s.start("b", 5, lambda: ran.append((clock.now_ns(), "b2")))))
+    s.start(
+        "a",
+        10,
+        lambda: (
+            ran.append((clock.now_ns(), "a")),
+            s.start("b", 5, lambda: ran.append((clock.now_ns(), "b2"))),
+        ),
+    )
     s.start("b", 10, lambda: ran.append((clock.now_ns(), "b")))
     s.run_until(100)
     assert ran == [(10, "a"), (15, "b2")]
