@@ -86,6 +86,10 @@ class Scheduler:
             self._notify()
         return len(keys)
 
+    def count_where(self, pred: Callable[[Hashable], bool]) -> int:
+        """How many pending keys satisfy ``pred`` (``status``, tests)."""
+        return sum(1 for k in self._items if pred(k))
+
     def pending(self, key: Hashable) -> bool:
         """True while ``key`` is armed and has not run."""
         return key in self._items

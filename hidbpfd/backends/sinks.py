@@ -1,0 +1,223 @@
+"""Where the dispatch's actions go for real devices: one :class:`DeviceIO` per managed device.
+
+- **inject** goes to the device's injector, chosen once per device from what the kernel has
+  (logged): the in-kernel injector (``hid_bpf_input_report`` run with BPF_PROG_RUN — the report
+  enters the *same* device, keeping its identity), else a uhid mirror device. Injection is fast
+  and non-blocking, so it runs on the loop.
+- **output / set feature / get feature** go through the device's hidraw node. They can block
+  (a device that does not answer a GET_REPORT), so each runs off the loop with a timeout, in
+  order, by one worker task per device: a slow device never delays another one, and a
+  device's steps never overtake each other.
+
+A device that vanishes mid-write gives one log line naming the device and the policy; the
+error is counted and the other devices carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from hidbpfd.dispatch import ReplyFn
+from hidbpfd.model import DeviceId
+
+log = logging.getLogger(__name__)
+
+IO_TIMEOUT_S = 1.0
+QUEUE_MAX = 256
+
+
+class Injector(Protocol):
+    """Puts a report into a device's input stream (sync, fast, non-blocking)."""
+
+    name: str
+
+    def inject(self, data: bytes) -> None:
+        """Inject one report; raises OSError on failure."""
+
+    def close(self) -> None:
+        """Release what the injector holds."""
+
+
+class ReportIO(Protocol):
+    """Output and feature reports to a device (hidraw); blocking calls, run off the loop."""
+
+    def output(self, data: bytes) -> None:
+        """Write an output report."""
+
+    def set_feature(self, data: bytes) -> None:
+        """HIDIOCSFEATURE."""
+
+    def get_feature(self, report_id: int, length: int) -> bytes:
+        """HIDIOCGFEATURE."""
+
+    def close(self) -> None:
+        """Close the node."""
+
+
+ErrorFn = Callable[[DeviceId, str, str], None]
+
+
+@dataclass(slots=True)
+class _Op:
+    kind: str
+    data: bytes
+    origin: str
+    report_id: int = 0
+    length: int = 0
+    reply: ReplyFn | None = None
+
+
+class DeviceIO:
+    """The sinks of one device, and the worker task that owns its hidraw I/O.
+
+    Created by the daemon when it starts managing a device; :meth:`close` (on removal or
+    shutdown) cancels the worker and closes the nodes.
+    """
+
+    def __init__(
+        self,
+        device: DeviceId,
+        injector: Injector | None,
+        report_io: Callable[[], ReportIO],
+        on_error: ErrorFn,
+        *,
+        timeout_s: float = IO_TIMEOUT_S,
+    ) -> None:
+        self.device = device
+        self.injector = injector
+        self._open_report_io = report_io
+        self._report_io: ReportIO | None = None
+        self.on_error = on_error
+        self.timeout_s = timeout_s
+        self._queue: asyncio.Queue[_Op] = asyncio.Queue(QUEUE_MAX)
+        self._worker = asyncio.get_running_loop().create_task(
+            self._run(), name=f"hidbpfd-io-{device.key}"
+        )
+        self.closed = False
+
+    # --- called by RoutingSink, on the loop ---
+
+    def inject(self, data: bytes, origin: str) -> None:
+        """Inject now (errors are reported, never raised)."""
+        if self.injector is None:
+            self._fail(origin, "inject", "no injection sink for this device (see start-up log)")
+            return
+        try:
+            self.injector.inject(data)
+        except OSError as e:
+            self._fail(origin, "inject", _oserror(e))
+
+    def submit(self, op: _Op) -> None:
+        """Queue an output/feature operation for the worker."""
+        if self.closed:
+            self._fail(op.origin, op.kind, "device is gone")
+            return
+        try:
+            self._queue.put_nowait(op)
+        except asyncio.QueueFull:
+            self._fail(op.origin, op.kind, f"{QUEUE_MAX} operations already queued; dropped")
+
+    # --- the worker ---
+
+    async def _run(self) -> None:
+        while True:
+            op = await self._queue.get()
+            try:
+                result = await asyncio.wait_for(asyncio.to_thread(self._do, op), self.timeout_s)
+            except TimeoutError:
+                self._fail(op.origin, op.kind, f"no answer within {self.timeout_s:g} s")
+                if op.reply:
+                    op.reply(None, "timeout")
+                continue
+            except OSError as e:
+                self._fail(op.origin, op.kind, _oserror(e))
+                if op.reply:
+                    op.reply(None, _oserror(e))
+                continue
+            if op.reply:
+                op.reply(result, "")
+
+    def _do(self, op: _Op) -> bytes | None:
+        if self._report_io is None:
+            self._report_io = self._open_report_io()
+        rio = self._report_io
+        if op.kind == "output":
+            rio.output(op.data)
+        elif op.kind == "feature":
+            rio.set_feature(op.data)
+        else:
+            return rio.get_feature(op.report_id, op.length)
+        return None
+
+    def _fail(self, origin: str, what: str, why: str) -> None:
+        self.on_error(self.device, origin, f"{what} failed: {why}")
+
+    async def close(self) -> None:
+        """Stop the worker, close the nodes; pending operations are dropped."""
+        self.closed = True
+        self._worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._worker
+        for res in (self._report_io, self.injector):
+            if res is not None:
+                try:
+                    res.close()
+                except OSError as e:
+                    log.debug("%s: close: %s", self.device.describe(), e)
+
+
+def _oserror(e: OSError) -> str:
+    import errno
+
+    name = errno.errorcode.get(e.errno or 0, "")
+    gone = (
+        " (device gone)" if e.errno in (errno.ENODEV, errno.EIO, errno.EPIPE, errno.ENOENT) else ""
+    )
+    return f"{name or 'error'}: {e.strerror or e}{gone}"
+
+
+class RoutingSink:
+    """The dispatch's :class:`~hidbpfd.dispatch.Sink` for the daemon: routes by device."""
+
+    def __init__(self, on_error: ErrorFn) -> None:
+        self.devices: dict[str, DeviceIO] = {}
+        self.on_error = on_error
+
+    def _io(self, device: DeviceId, origin: str, what: str) -> DeviceIO | None:
+        io = self.devices.get(device.key)
+        if io is None:
+            self.on_error(device, origin, f"{what} failed: device is not managed (gone?)")
+        return io
+
+    def inject(self, device: DeviceId, data: bytes, origin: str) -> None:
+        """See :class:`DeviceIO.inject`."""
+        if io := self._io(device, origin, "inject"):
+            io.inject(data, origin)
+
+    def output(self, device: DeviceId, data: bytes, origin: str) -> None:
+        """Queue an output report."""
+        if io := self._io(device, origin, "output"):
+            io.submit(_Op("output", data, origin))
+
+    def set_feature(self, device: DeviceId, data: bytes, origin: str) -> None:
+        """Queue a SET_FEATURE."""
+        if io := self._io(device, origin, "feature"):
+            io.submit(_Op("feature", data, origin))
+
+    def get_feature(
+        self, device: DeviceId, report_id: int, length: int, origin: str, reply: ReplyFn
+    ) -> None:
+        """Queue a GET_FEATURE; ``reply`` runs on the loop with the answer."""
+        io = self._io(device, origin, "get_feature")
+        if io is None:
+            reply(None, "device is not managed")
+            return
+        io.submit(_Op("get_feature", b"", origin, report_id, length, reply))
+
+
+Spawn = Callable[[Coroutine[Any, Any, None]], None]

@@ -1,0 +1,309 @@
+"""The daemon: start-up → run → shutdown, one process, one asyncio loop.
+
+Start-up, in this order: load the policy files (a bad file is logged and skipped, the others
+serve), load the BPF objects (filter, HID-BPF attach, injector) and watch the ring buffer,
+start the timerfd that drives the scheduler, then watch udev (monitor, enumerate, drain), which
+attaches every present device that has policies. Then the loop runs until SIGTERM/SIGINT.
+SIGHUP reloads the policy files: a file that now has errors keeps its last good version, so a
+bad reload never stops serving a device.
+
+Per managed device: the BPF program is attached to it (HID-BPF if the kernel has it, so it can
+hold reports; else the tracing fallback, which cannot), its rule table is written to the BPF
+map, its injector and hidraw I/O are set up (:mod:`hidbpfd.backends.sinks`), and the dispatch
+starts serving it. Removal undoes all of it and cancels the device's pending work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from hidbpfd.backends.sinks import DeviceIO, Injector, ReportIO, RoutingSink
+from hidbpfd.backends.timerfd import TimerfdDriver
+from hidbpfd.backends.udev import HidDevice, HidWatcher
+from hidbpfd.clock import MonotonicClock
+from hidbpfd.config import Config, ConfigError, PolicyFile, load
+from hidbpfd.dispatch import Binding, Dispatcher, Observer, build_table
+from hidbpfd.model import DeviceId, DeviceRule, InputEvent
+from hidbpfd.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+class EventSource(Protocol):
+    """What the daemon needs of the BPF layer (:class:`hidbpfd.backends.bpf.BpfEventSource`)."""
+
+    def open(self) -> None: ...
+    def add_to_loop(self, loop: asyncio.AbstractEventLoop) -> None: ...
+    def remove_from_loop(self) -> None: ...
+    def attach_device(self, hid_id: int) -> str: ...
+    def detach_device(self, hid_id: int) -> None: ...
+    def can_hold(self, hid_id: int) -> bool: ...
+    def set_rules(self, hid_id: int, rules: Sequence[DeviceRule]) -> None: ...
+    def clear_rules(self, hid_id: int) -> None: ...
+    def drops(self) -> int: ...
+    def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class Managed:
+    """A device the daemon serves."""
+
+    hid: HidDevice
+    io: DeviceIO
+    attach: str
+    table: tuple[DeviceRule, ...]
+    files: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ReloadResult:
+    """What a reload did: per-file errors (those files kept their last good version), and
+    which devices changed policies."""
+
+    errors: list[ConfigError]
+    changed: list[str]
+    added: list[str]
+    removed: list[str]
+
+    def summary(self) -> str:
+        """One line for logs and ``hidbpfd reload``."""
+        parts = [f"{len(self.changed)} device(s) changed"]
+        if self.added:
+            parts.append(f"{len(self.added)} newly managed")
+        if self.removed:
+            parts.append(f"{len(self.removed)} no longer managed")
+        if self.errors:
+            parts.append(f"{len(self.errors)} error(s): bad files keep their last good version")
+        return ", ".join(parts)
+
+
+InjectorFactory = Callable[[HidDevice], Injector | None]
+ReportIOFactory = Callable[[HidDevice], Callable[[], ReportIO]]
+
+
+class Daemon:
+    """Owns every long-lived object; created by ``hidbpfd run``, tests and the demo."""
+
+    def __init__(
+        self,
+        config_paths: Sequence[str | Path],
+        source_factory: Callable[[Callable[[Any], None]], EventSource],
+        injector_factory: InjectorFactory,
+        report_io_factory: ReportIOFactory,
+        *,
+        observers: Sequence[Observer] = (),
+        watcher_factory: Callable[..., HidWatcher] = HidWatcher,
+    ) -> None:
+        self.config_paths = [str(p) for p in config_paths]
+        self._source_factory = source_factory
+        self._injector_factory = injector_factory
+        self._report_io_factory = report_io_factory
+        self._watcher_factory = watcher_factory
+        self._observers = list(observers)
+        self.config = Config()
+        self.managed: dict[str, Managed] = {}
+        self.present: dict[str, HidDevice] = {}
+        self.by_kid: dict[int, DeviceId] = {}
+        self.unknown_records = 0
+        self.ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._pending_close: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Start, serve until stopped, shut down. Returns the exit code."""
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        self.config = load(self.config_paths)
+        for e in [*self.config.errors, *self.config.warnings]:
+            (log.warning if e.warning else log.error)("%s", e)
+        log.info(
+            "%d policy file(s) loaded, %d rejected",
+            len(self.config.files),
+            len({e.file for e in self.config.errors}),
+        )
+
+        self.driver = TimerfdDriver(loop)
+        self.scheduler = Scheduler(MonotonicClock(), self.driver.on_deadline)
+        self.driver.bind(self.scheduler)
+        self.sink = RoutingSink(self._io_error)
+        self.dispatch = Dispatcher(self.scheduler, self.sink, self._observers)
+
+        self.source = self._source_factory(self._on_record)
+        self.source.open()
+        self.source.add_to_loop(loop)
+
+        self.watcher = self._watcher_factory(self._added, self._removed, self._changed)
+        self.watcher.start(loop)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self._sighup)
+        self.ready.set()
+        log.info("ready: %d device(s) present, %d managed", len(self.present), len(self.managed))
+        try:
+            await self._stop.wait()
+        finally:
+            await self._shutdown()
+        return 0
+
+    def stop(self) -> None:
+        """Ask the daemon to stop (signal handlers, tests)."""
+        self._stop.set()
+
+    async def _shutdown(self) -> None:
+        loop = self.loop
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        self.watcher.stop()
+        for key in list(self.managed):
+            io = self._detach(key)
+            if io is not None:
+                await io.close()
+        if self._pending_close:
+            await asyncio.gather(*self._pending_close, return_exceptions=True)
+        self.source.remove_from_loop()
+        self.source.close()
+        self.driver.close()
+        log.info("stopped")
+
+    # --- devices -------------------------------------------------------------------------
+
+    def _added(self, hd: HidDevice) -> None:
+        self.present[hd.id.key] = hd
+        bindings = self.config.bindings_for(hd.id)
+        if not bindings:
+            log.debug("%s: no policy file matches", hd.id.describe())
+            return
+        self._manage(hd, bindings)
+
+    def _manage(self, hd: HidDevice, bindings: Sequence[Binding]) -> None:
+        dev = hd.id
+        kid = dev.kernel_id
+        table, _, _ = build_table(bindings)
+        attach = self.source.attach_device(kid)
+        can_hold = self.source.can_hold(kid)
+        self.source.set_rules(kid, table)
+        injector = self._injector_factory(hd)
+        io = DeviceIO(dev, injector, self._report_io_factory(hd), self._io_error)
+        files = [f.path for f in self.config.files_for(dev)]
+        self.managed[dev.key] = Managed(hd, io, attach, table, files)
+        self.sink.devices[dev.key] = io
+        self.by_kid[kid] = dev
+        log.info(
+            "%s (%s): %d policies from %s; BPF: %s; inject: %s; output/feature: hidraw %s",
+            dev.describe(),
+            hd.hidraw,
+            len(bindings),
+            ", ".join(Path(f).name for f in files),
+            attach,
+            injector.name if injector else "none",
+            hd.hidraw,
+        )
+        self.dispatch.attach(dev, bindings, can_hold=can_hold)
+
+    def _removed(self, hd: HidDevice) -> None:
+        self.present.pop(hd.id.key, None)
+        self._let_go(hd.id.key)
+
+    def _changed(self, hd: HidDevice) -> None:
+        self.present[hd.id.key] = hd
+
+    def _let_go(self, key: str) -> None:
+        """Stop serving a device now (pending work cancelled, BPF state cleared); its nodes
+        are closed by a task the daemon owns and awaits on shutdown."""
+        io = self._detach(key)
+        if io is None:
+            return
+        task = self.loop.create_task(io.close(), name=f"hidbpfd-close-{key}")
+        self._pending_close.add(task)
+        task.add_done_callback(self._pending_close.discard)
+
+    def _detach(self, key: str) -> DeviceIO | None:
+        m = self.managed.pop(key, None)
+        if m is None:
+            return None
+        dev = m.hid.id
+        self.dispatch.detach(dev)
+        self.sink.devices.pop(key, None)
+        self.by_kid.pop(dev.kernel_id, None)
+        try:
+            self.source.clear_rules(dev.kernel_id)
+            self.source.detach_device(dev.kernel_id)
+        except OSError as e:
+            log.debug("%s: BPF detach: %s", dev.describe(), e)
+        log.info("%s: no longer managed", dev.describe())
+        return m.io
+
+    # --- events --------------------------------------------------------------------------
+
+    def _on_record(self, rec: Any) -> None:
+        dev = self.by_kid.get(rec.hid_id)
+        if dev is None:
+            self.unknown_records += 1
+            return
+        data = bytes(rec.data[: rec.length])
+        self.dispatch.on_event(
+            InputEvent(dev, rec.ts_ns, data, rec.matched, rec.held, rec.truncated)
+        )
+
+    def _io_error(self, device: DeviceId, origin: str, what: str) -> None:
+        log.error("%s: %s: %s", device.describe(), origin, what)
+        self.dispatch.report_error(device, origin, what)
+
+    # --- reload --------------------------------------------------------------------------
+
+    def _sighup(self) -> None:
+        res = self.reload()
+        (log.warning if res.errors else log.info)("reload: %s", res.summary())
+
+    def reload(self) -> ReloadResult:
+        """Re-read the policy files and apply the difference without disrupting devices.
+
+        A file with errors keeps its last good version (or stays out, if it never loaded).
+        Unchanged policies keep their state and pending work; the rule tables in the BPF map are
+        swapped in place; devices that gain or lose all policies are taken on or let go.
+        """
+        new = load(self.config_paths)
+        for e in new.errors:
+            log.error("%s", e)
+        old_by_path = {f.path: f for f in self.config.files}
+        bad = {e.file for e in new.errors}
+        files: dict[str, PolicyFile] = {f.path: f for f in new.files}
+        for path in bad:
+            if path in old_by_path:
+                files[path] = old_by_path[path]
+        merged = Config(
+            files=sorted(files.values(), key=lambda f: Path(f.path).name), errors=new.errors
+        )
+        self.config = merged
+        res = ReloadResult(new.errors, [], [], [])
+        for key, hd in list(self.present.items()):
+            bindings = merged.bindings_for(hd.id)
+            m = self.managed.get(key)
+            if m is None:
+                if bindings:
+                    self._manage(hd, bindings)
+                    res.added.append(key)
+                continue
+            if not bindings:
+                self._let_go(key)
+                res.removed.append(key)
+                continue
+            slot = self.dispatch.slots.get(key)
+            if slot is not None and slot.bindings == list(bindings):
+                continue
+            slot = self.dispatch.rebind(hd.id, bindings)
+            if slot.table != m.table:
+                self.source.set_rules(hd.id.kernel_id, slot.table)
+                m.table = slot.table
+            m.files = [f.path for f in merged.files_for(hd.id)]
+            res.changed.append(key)
+        return res
