@@ -114,6 +114,97 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(["--replay"] if args.replay else [])
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from hidbpfd.backends.bpf import BpfEventSource, BpfUnavailable
+    from hidbpfd.backends.devices import injector_factory, report_io_factory
+    from hidbpfd.backends.libbpf import BpfError
+    from hidbpfd.daemon import Daemon
+
+    sources: list[BpfEventSource] = []
+
+    def make_source(cb: object) -> BpfEventSource:
+        src = BpfEventSource(cb, ring_bytes=args.ring_kib * 1024)  # type: ignore[arg-type]
+        sources.append(src)
+        return src
+
+    def make_injector(hd: object) -> object:
+        return injector_factory(sources[0])(hd)  # type: ignore[arg-type]
+
+    d = Daemon(
+        args.config,
+        make_source,  # type: ignore[arg-type]
+        make_injector,  # type: ignore[arg-type]
+        report_io_factory,
+        socket_path=None if args.no_socket else args.socket,
+    )
+    try:
+        return asyncio.run(d.run())
+    except (BpfUnavailable, BpfError) as e:
+        print(
+            f"hidbpfd run: cannot load the BPF programs: {e}. Try: hidbpfd probe", file=sys.stderr
+        )
+        return 1
+
+
+def _control(args: argparse.Namespace, cmd: str) -> dict[str, object] | None:
+    from hidbpfd.backends.control import request
+
+    try:
+        return request(args.socket, cmd)
+    except OSError as e:
+        print(
+            f"hidbpfd {cmd}: cannot reach the daemon at {args.socket}: {e.strerror or e}",
+            file=sys.stderr,
+        )
+        return None
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    st = _control(args, "status")
+    if st is None:
+        return 1
+    if args.json or "error" in st:
+        print(json.dumps(st, indent=2))
+        return 1 if "error" in st else 0
+    from hidbpfd.status_text import render_status
+
+    print(render_status(st))
+    return 0
+
+
+def _cmd_reload(args: argparse.Namespace) -> int:
+    res = _control(args, "reload")
+    if res is None:
+        return 1
+    print(res.get("summary", res))
+    errors = res.get("errors")
+    for e in errors if isinstance(errors, list) else []:
+        print(e, file=sys.stderr)
+    return 0 if res.get("ok") else 1
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    import json
+
+    from hidbpfd.backends.control import stream
+    from hidbpfd.status_text import render_event
+
+    try:
+        for item in stream(args.socket):
+            print(json.dumps(item) if args.json else render_event(item), flush=True)
+    except OSError as e:
+        print(
+            f"hidbpfd monitor: cannot reach the daemon at {args.socket}: {e.strerror or e}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the docs test)."""
     p = argparse.ArgumentParser(
@@ -140,6 +231,42 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("recording", metavar="RECORDING")
     r.set_defaults(func=_cmd_replay)
 
+    from hidbpfd.backends.control import default_socket_path
+    from hidbpfd.config import DEFAULT_DIR
+
+    sock = default_socket_path()
+    rn = sub.add_parser("run", help="run the daemon")
+    rn.add_argument(
+        "--config",
+        action="append",
+        metavar="DIR",
+        help=f"policy directory or file (default {DEFAULT_DIR}); repeatable",
+    )
+    rn.add_argument("--socket", default=sock, help=f"control socket (default {sock})")
+    rn.add_argument("--no-socket", action="store_true", help="no control socket")
+    rn.add_argument(
+        "--ring-kib",
+        type=int,
+        default=1024,
+        help="BPF ring buffer size in KiB (power of 2, default 1024)",
+    )
+    rn.set_defaults(func=_cmd_run)
+
+    for name, fn, text in (
+        ("status", _cmd_status, "devices, policies, counters and latency of the running daemon"),
+        ("monitor", _cmd_monitor, "live trace: report -> policy decision -> action"),
+        (
+            "reload",
+            _cmd_reload,
+            "reload the policy files (like SIGHUP); prints what changed or the errors",
+        ),
+    ):
+        c2 = sub.add_parser(name, help=text)
+        c2.add_argument("--socket", default=sock, help=f"control socket (default {sock})")
+        if name != "reload":
+            c2.add_argument("--json", action="store_true", help="JSON instead of text")
+        c2.set_defaults(func=fn)
+
     d = sub.add_parser("demo", help="show the three needs end to end on virtual devices")
     d.add_argument("--replay", action="store_true", help="virtual time only (no uhid devices)")
     d.set_defaults(func=_cmd_demo)
@@ -159,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hidbpfd`` console script."""
     args = build_parser().parse_args(argv)
+    if getattr(args, "func", None) is _cmd_run and not args.config:
+        from hidbpfd.config import DEFAULT_DIR
+
+        args.config = [DEFAULT_DIR]
     logging.basicConfig(level=args.log_level.upper(), format="hidbpfd: %(levelname)s: %(message)s")
     try:
         rc: int = args.func(args)

@@ -17,20 +17,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from hidbpfd.backends.control import ControlServer
+from hidbpfd.backends.notify import Notifier
 from hidbpfd.backends.sinks import DeviceIO, Injector, ReportIO, RoutingSink
 from hidbpfd.backends.timerfd import TimerfdDriver
 from hidbpfd.backends.udev import HidDevice, HidWatcher
 from hidbpfd.clock import MonotonicClock
 from hidbpfd.config import Config, ConfigError, PolicyFile, load
-from hidbpfd.dispatch import Binding, Dispatcher, Observer, build_table
-from hidbpfd.model import DeviceId, DeviceRule, InputEvent
+from hidbpfd.dispatch import Binding, Dispatcher, Observer, Outcome, build_table
+from hidbpfd.model import DeviceId, DeviceRule, InputEvent, bus_name
 from hidbpfd.scheduler import Scheduler
+from hidbpfd.stats import Window
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +104,8 @@ class Daemon:
         *,
         observers: Sequence[Observer] = (),
         watcher_factory: Callable[..., HidWatcher] = HidWatcher,
+        socket_path: str | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config_paths = [str(p) for p in config_paths]
         self._source_factory = source_factory
@@ -114,6 +121,15 @@ class Daemon:
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._pending_close: set[asyncio.Task[None]] = set()
+        self.socket_path = socket_path
+        self.notifier = notifier or Notifier()
+        self.control: ControlServer | None = None
+        self._subscribers: list[Callable[[dict[str, Any]], None]] = []
+        self.event_latency = Window()
+        self.timer_lateness = Window()
+        self.started_ns = time.monotonic_ns()
+        self.reloads = 0
+        self._status_timer: asyncio.TimerHandle | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -131,10 +147,12 @@ class Daemon:
         )
 
         self.driver = TimerfdDriver(loop)
-        self.scheduler = Scheduler(MonotonicClock(), self.driver.on_deadline)
+        self.scheduler = Scheduler(
+            MonotonicClock(), self.driver.on_deadline, self.timer_lateness.add
+        )
         self.driver.bind(self.scheduler)
         self.sink = RoutingSink(self._io_error)
-        self.dispatch = Dispatcher(self.scheduler, self.sink, self._observers)
+        self.dispatch = Dispatcher(self.scheduler, self.sink, [*self._observers, self._publish])
 
         self.source = self._source_factory(self._on_record)
         self.source.open()
@@ -146,9 +164,19 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self._sighup)
-        self.ready.set()
-        log.info("ready: %d device(s) present, %d managed", len(self.present), len(self.managed))
         try:
+            if self.socket_path:
+                self.control = ControlServer(
+                    self.socket_path, self.status, self._reload_for_client, self._subscribe
+                )
+                await self.control.start()
+            self.ready.set()
+            self.notifier.ready(self.status_line())
+            self.notifier.start_watchdog(loop)
+            self._tick_status()
+            log.info(
+                "ready: %d device(s) present, %d managed", len(self.present), len(self.managed)
+            )
             await self._stop.wait()
         finally:
             await self._shutdown()
@@ -160,6 +188,12 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         loop = self.loop
+        self.notifier.stopping()
+        self.notifier.stop_watchdog()
+        if self._status_timer is not None:
+            self._status_timer.cancel()
+        if self.control is not None:
+            await self.control.close()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         self.watcher.stop()
@@ -249,6 +283,7 @@ class Daemon:
         if dev is None:
             self.unknown_records += 1
             return
+        self.event_latency.add(time.monotonic_ns() - rec.ts_ns)
         data = bytes(rec.data[: rec.length])
         self.dispatch.on_event(
             InputEvent(dev, rec.ts_ns, data, rec.matched, rec.held, rec.truncated)
@@ -264,6 +299,18 @@ class Daemon:
         res = self.reload()
         (log.warning if res.errors else log.info)("reload: %s", res.summary())
 
+    def _reload_for_client(self) -> dict[str, Any]:
+        res = self.reload()
+        (log.warning if res.errors else log.info)("reload (control socket): %s", res.summary())
+        return {
+            "ok": not res.errors,
+            "summary": res.summary(),
+            "errors": [str(e) for e in res.errors],
+            "changed": res.changed,
+            "added": res.added,
+            "removed": res.removed,
+        }
+
     def reload(self) -> ReloadResult:
         """Re-read the policy files and apply the difference without disrupting devices.
 
@@ -271,6 +318,14 @@ class Daemon:
         Unchanged policies keep their state and pending work; the rule tables in the BPF map are
         swapped in place; devices that gain or lose all policies are taken on or let go.
         """
+        self.notifier.reloading()
+        try:
+            return self._reload()
+        finally:
+            self.reloads += 1
+            self.notifier.ready(self.status_line())
+
+    def _reload(self) -> ReloadResult:
         new = load(self.config_paths)
         for e in new.errors:
             log.error("%s", e)
@@ -307,3 +362,104 @@ class Daemon:
             m.files = [f.path for f in merged.files_for(hd.id)]
             res.changed.append(key)
         return res
+
+    # --- observability -------------------------------------------------------------------
+
+    def _subscribe(self, fn: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+        self._subscribers.append(fn)
+        return lambda: self._subscribers.remove(fn)
+
+    def _publish(self, o: Outcome) -> None:
+        if not self._subscribers:
+            return
+        item = {
+            "t": o.t_ns / 1e9,
+            "device": o.device.key,
+            "name": o.device.name,
+            "kind": o.kind,
+            "data": o.data.hex(),
+            "policy": o.policy,
+            "detail": o.detail,
+        }
+        for fn in list(self._subscribers):
+            fn(item)
+
+    def _tick_status(self) -> None:
+        self.notifier.status(self.status_line())
+        self._status_timer = self.loop.call_later(5.0, self._tick_status)
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: devices, policies, events."""
+        slots = self.dispatch.slots.values()
+        npol = sum(len(s.bindings) for s in slots)
+        seen = sum(s.counters.seen for s in slots)
+        injected = sum(s.counters.injected for s in slots)
+        errors = sum(s.counters.errors for s in slots)
+        return (
+            f"{len(self.managed)} of {len(self.present)} HID devices managed, {npol} policies; "
+            f"{seen} reports heard, {injected} injected, {errors} errors"
+        )
+
+    def status(self) -> dict[str, Any]:
+        """Everything ``hidbpfd status`` shows, as a JSON-able dict."""
+        devices = []
+        for key, hd in sorted(self.present.items()):
+            d = hd.id
+            entry: dict[str, Any] = {
+                "hid_id": key,
+                "name": d.name,
+                "bus": bus_name(d.bus),
+                "vendor": f"{d.vendor:04x}",
+                "product": f"{d.product:04x}",
+                "hidraw": hd.hidraw,
+                "managed": key in self.managed,
+            }
+            m = self.managed.get(key)
+            slot = self.dispatch.slots.get(key)
+            if m is not None and slot is not None:
+                c = slot.counters
+                entry.update(
+                    files=m.files,
+                    policies=[f"{b.label}: {b.policy.describe()}" for b in slot.bindings],
+                    bpf=m.attach,
+                    can_hold=slot.can_hold,
+                    inject_sink=m.io.injector.name if m.io.injector else "none",
+                    counters={
+                        "seen": c.seen,
+                        "matched": c.matched,
+                        "held": c.held,
+                        "injected": c.injected,
+                        "output": c.output,
+                        "feature": c.feature,
+                        "errors": c.errors,
+                    },
+                    pending=self.scheduler.count_where(_for_device(key)),
+                )
+            devices.append(entry)
+        try:
+            drops = self.source.drops()
+        except Exception as e:  # the status must answer even if BPF misbehaves
+            drops = -1
+            log.debug("drops: %s", e)
+        return {
+            "pid": os.getpid(),
+            "uptime_s": round((time.monotonic_ns() - self.started_ns) / 1e9, 1),
+            "config": self.config_paths,
+            "files": [f.path for f in self.config.files],
+            "config_errors": [str(e) for e in self.config.errors],
+            "reloads": self.reloads,
+            "devices": devices,
+            "ring_drops": drops,
+            "unknown_records": self.unknown_records,
+            "latency": {
+                "ring_to_dispatch": self.event_latency.summary(),
+                "timer_lateness": self.timer_lateness.summary(),
+            },
+            "timer_wakeups": self.driver.wakeups,
+            "watchdog_pings": self.notifier.watchdog_pings,
+            "summary": self.status_line(),
+        }
+
+
+def _for_device(key: str) -> Callable[[Any], bool]:
+    return lambda k: isinstance(k, tuple) and k[0] == key

@@ -39,15 +39,20 @@ class Scheduler:
     """Deferred work on an injected clock. Owned by the dispatch; one per daemon or replay."""
 
     def __init__(
-        self, clock: Clock, on_deadline: Callable[[int | None], None] | None = None
+        self,
+        clock: Clock,
+        on_deadline: Callable[[int | None], None] | None = None,
+        on_late: Callable[[int], None] | None = None,
     ) -> None:
         """``on_deadline(t)`` is called whenever the earliest deadline may have changed, so a
-        real-time driver can re-arm its timer (``None``: nothing pending)."""
+        real-time driver can re-arm its timer (``None``: nothing pending). ``on_late(ns)`` gets
+        how late each item ran (``status`` reports it)."""
         self.clock = clock
         self._heap: list[_Item] = []
         self._items: dict[Hashable, _Item] = {}
         self._seq = itertools.count()
         self._on_deadline = on_deadline
+        self._on_late = on_late
 
     def start(
         self, key: Hashable, delay_ns: int, work: Work, *, base_ns: int | None = None
@@ -121,6 +126,8 @@ class Scheduler:
             item = heapq.heappop(self._heap)
             del self._items[item.key]
             item.alive = False
+            if self._on_late is not None:
+                self._on_late(now - item.due_ns)
             item.work()
             ran += 1
         if ran:
