@@ -47,7 +47,9 @@ class RuleTableError(ValueError):
 def check_table(rules: Sequence[DeviceRule]) -> None:
     """Raise :class:`RuleTableError` if ``rules`` do not fit ``RULES_MAX`` slots and groups."""
     if len(rules) > RULES_MAX:
-        raise RuleTableError(f"{len(rules)} rules for one device; the kernel table holds {RULES_MAX}")
+        raise RuleTableError(
+            f"{len(rules)} rules for one device; the kernel table holds {RULES_MAX}"
+        )
     for r in rules:
         if not 0 <= r.group < RULES_MAX:
             raise RuleTableError(f"arm group {r.group} out of range 0..{RULES_MAX - 1}")

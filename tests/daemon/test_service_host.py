@@ -97,7 +97,7 @@ def test_watchdog_stops_when_the_loop_is_stuck(tmp_path: Path, notify: NotifyLis
         async with running(tmp_path, notifier=Notifier()):
             await until(lambda: notify.states().count("WATCHDOG=1") >= 2, "pings")
             stuck_from = time.monotonic()
-            time.sleep(0.5)  # the loop makes no progress: 10 ping periods
+            time.sleep(0.5)  # noqa: ASYNC251 - on purpose: the loop makes no progress for 10 ping periods
             stuck_to = time.monotonic()
             await until(
                 lambda: any(t > stuck_to for t, m in notify.messages if m == "WATCHDOG=1"),
