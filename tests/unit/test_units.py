@@ -1,0 +1,52 @@
+"""The systemd unit: ``systemd-analyze verify`` is clean and the exposure score of
+``systemd-analyze security --offline=yes`` is 2.0 or lower (README states the score)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed"
+)
+
+
+def unit_for_test(tmp_path: Path) -> Path:
+    """The shipped unit with ExecStart pointing at this checkout's hidbpfd (verify checks
+    that the binary exists)."""
+    exe = Path(sys.executable).with_name("hidbpfd")
+    text = (ROOT / "units/hidbpfd.service").read_text().replace("/usr/bin/hidbpfd", str(exe))
+    p = tmp_path / "hidbpfd.service"
+    p.write_text(text)
+    return p
+
+
+def test_verify_is_clean(tmp_path: Path) -> None:
+    out = subprocess.run(
+        ["systemd-analyze", "verify", str(unit_for_test(tmp_path))],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0 and "hidbpfd.service" not in out.stderr, out.stderr
+
+
+def test_security_exposure(tmp_path: Path) -> None:
+    out = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(unit_for_test(tmp_path))],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    m = re.search(r"Overall exposure level for hidbpfd\.service: ([\d.]+)", out.stdout)
+    assert m, out.stdout + out.stderr
+    score = float(m.group(1))
+    assert score <= 2.0, out.stdout
+    readme = (ROOT / "README.md").read_text()
+    assert f"exposure level {score}" in readme, f"README must state the current score ({score})"
