@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -290,7 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from hidbpfd.config import DEFAULT_DIR
 
         args.config = [DEFAULT_DIR]
-    logging.basicConfig(level=args.log_level.upper(), format="hidbpfd: %(levelname)s: %(message)s")
+    from hidbpfd.logs import setup
+
+    setup(args.log_level)
     try:
         rc: int = args.func(args)
     except KeyboardInterrupt:

@@ -33,6 +33,7 @@ from hidbpfd.backends.udev import HidDevice, HidWatcher
 from hidbpfd.clock import MonotonicClock
 from hidbpfd.config import Config, ConfigError, PolicyFile, load
 from hidbpfd.dispatch import Binding, Dispatcher, Observer, Outcome, build_table
+from hidbpfd.logs import fields
 from hidbpfd.model import DeviceId, DeviceRule, InputEvent, bus_name
 from hidbpfd.scheduler import Scheduler
 from hidbpfd.stats import Window
@@ -290,7 +291,14 @@ class Daemon:
         )
 
     def _io_error(self, device: DeviceId, origin: str, what: str) -> None:
-        log.error("%s: %s: %s", device.describe(), origin, what)
+        file = origin.split("#", 1)[0]
+        log.error(
+            "%s: %s: %s",
+            device.describe(),
+            origin,
+            what,
+            extra=fields(device, policy=origin, file=file),
+        )
         self.dispatch.report_error(device, origin, what)
 
     # --- reload --------------------------------------------------------------------------

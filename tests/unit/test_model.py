@@ -55,3 +55,26 @@ def test_device_kernel_id() -> None:
     assert d.kernel_id == 10
     assert DeviceId.sysfs_name(3, 0x28BD, 0x905, 10) == "0003:28BD:0905.000A"
     assert DeviceId(3, 1, 2).kernel_id == 0
+
+
+def test_device_rate_limit() -> None:
+    import logging
+
+    from hidbpfd.logs import DeviceRateLimit, fields
+
+    now = [0.0]
+    f = DeviceRateLimit(burst=3, interval=10, clock=lambda: now[0])
+    dev = DeviceId(3, 1, 2, hid_id="0003:0001:0002.0001")
+
+    def rec(msg: str, **extra: str) -> logging.LogRecord:
+        r = logging.LogRecord("t", logging.ERROR, __file__, 1, msg, None, None)
+        r.__dict__.update(extra)
+        return r
+
+    flood = [f.filter(rec("x", **fields(dev))) for _ in range(10)]
+    assert flood == [True] * 3 + [False] * 7
+    assert f.filter(rec("other device", **fields(DeviceId(3, 9, 9, hid_id="0003:0009:0009.0002"))))
+    assert f.filter(rec("no device"))
+    now[0] = 11.0
+    r = rec("again", **fields(dev))
+    assert f.filter(r) and "7 more messages about this device were suppressed" in r.msg
