@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from hidbpfd.backends.control import ControlServer
 from hidbpfd.backends.notify import Notifier
 from hidbpfd.backends.sinks import DeviceIO, Injector, ReportIO, RoutingSink
+from hidbpfd.backends.sleep import SleepWatcher
 from hidbpfd.backends.timerfd import TimerfdDriver
 from hidbpfd.backends.udev import HidDevice, HidWatcher
 from hidbpfd.clock import MonotonicClock
@@ -107,6 +108,7 @@ class Daemon:
         watcher_factory: Callable[..., HidWatcher] = HidWatcher,
         socket_path: str | None = None,
         notifier: Notifier | None = None,
+        sleep_bus: str | None = "system",
     ) -> None:
         self.config_paths = [str(p) for p in config_paths]
         self._source_factory = source_factory
@@ -131,6 +133,8 @@ class Daemon:
         self.started_ns = time.monotonic_ns()
         self.reloads = 0
         self._status_timer: asyncio.TimerHandle | None = None
+        self.sleep_bus = sleep_bus
+        self.sleep: SleepWatcher | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -171,6 +175,10 @@ class Daemon:
                     self.socket_path, self.status, self._reload_for_client, self._subscribe
                 )
                 await self.control.start()
+            if self.sleep_bus is not None:
+                addr = None if self.sleep_bus == "system" else self.sleep_bus
+                self.sleep = SleepWatcher(self.resumed, bus_address=addr)
+                await self.sleep.start()
             self.ready.set()
             self.notifier.ready(self.status_line())
             self.notifier.start_watchdog(loop)
@@ -195,6 +203,8 @@ class Daemon:
             self._status_timer.cancel()
         if self.control is not None:
             await self.control.close()
+        if self.sleep is not None:
+            self.sleep.stop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         self.watcher.stop()
@@ -276,6 +286,11 @@ class Daemon:
             log.debug("%s: BPF detach: %s", dev.describe(), e)
         log.info("%s: no longer managed", dev.describe())
         return m.io
+
+    def resumed(self) -> None:
+        """The system resumed: ``resume`` triggers for every managed device."""
+        for key in list(self.managed):
+            self.dispatch.device_event(self.managed[key].hid.id, "resume")
 
     # --- events --------------------------------------------------------------------------
 

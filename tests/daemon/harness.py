@@ -96,6 +96,7 @@ class Running:
 
 @asynccontextmanager
 async def running(tmp_path: Path, **daemon_kwargs: Any) -> AsyncIterator[Running]:
+    daemon_kwargs.setdefault("sleep_bus", None)
     from hidbpfd.backends.bpf import BpfEventSource, BpfUnavailable
     from hidbpfd.backends.libbpf import BpfError
 
