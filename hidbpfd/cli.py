@@ -204,6 +204,37 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from hidbpfd.bench import report
+
+    if not args.mechanics:
+        print(
+            "hidbpfd bench: only --mechanics is implemented so far; the uhid scenarios against "
+            "the in-kernel engine are not built yet",
+            file=sys.stderr,
+        )
+        return 2
+    from hidbpfd.backends.bpf import BpfUnavailable
+    from hidbpfd.backends.libbpf import BpfError
+    from hidbpfd.bench.mechanics import run
+
+    try:
+        results = asyncio.run(run(quick=args.quick, progress=lambda m: print(m, file=sys.stderr)))
+    except (BpfUnavailable, BpfError, FileNotFoundError) as e:
+        print(f"hidbpfd bench: cannot load the BPF programs: {e}", file=sys.stderr)
+        return 1
+    desc, emulated = report.machine()
+    print(f"{desc}{' (software emulation: timings not representative)' if emulated else ''}")
+    print(report.table(results))
+    if args.json:
+        report.write_json(args.json, results)
+    if args.plot:
+        report.plot(args.plot, results)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the docs test)."""
     p = argparse.ArgumentParser(
@@ -265,6 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "reload":
             c2.add_argument("--json", action="store_true", help="JSON instead of text")
         c2.set_defaults(func=fn)
+
+    b = sub.add_parser("bench", help="measure the userspace path against the in-kernel one")
+    b.add_argument(
+        "--mechanics", action="store_true", help="deferred-work mechanics only (any BPF kernel)"
+    )
+    b.add_argument("--quick", action="store_true", help="fewer samples (under two minutes)")
+    b.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    b.add_argument("--plot", metavar="FILE.png", help="plot the latency distributions")
+    b.set_defaults(func=_cmd_bench)
 
     d = sub.add_parser("demo", help="show the three needs end to end on virtual devices")
     d.add_argument("--replay", action="store_true", help="virtual time only (no uhid devices)")

@@ -1,0 +1,51 @@
+"""``hidbpfd bench --mechanics`` runs on this kernel and reports both engines in the fixed JSON
+shape. It checks that the benchmark works and what it reports, never how fast anything is."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from hidbpfd.bench import report
+
+pytestmark = pytest.mark.bpf
+KEYS = {"scenario", "engine", "metric", "unit", "n", "p50", "p90", "p99", "p999", "max"}
+
+
+def test_mechanics_reports_both_engines(tmp_path: Path) -> None:
+    from hidbpfd.backends.bpf import BpfUnavailable
+    from hidbpfd.backends.libbpf import BpfError
+    from hidbpfd.bench.mechanics import run
+
+    try:
+        results = asyncio.run(run(samples=5, progress=lambda _m: None))
+    except (BpfUnavailable, BpfError, FileNotFoundError) as e:
+        pytest.skip(f"BPF unavailable here: {e}")
+    out = tmp_path / "bench.json"
+    report.write_json(str(out), results)
+    doc = json.loads(out.read_text())
+    assert set(doc) >= {"machine", "emulated", "results"} and isinstance(doc["emulated"], bool)
+    rows = {(r["engine"], r["metric"]): r for r in doc["results"]}
+    for metric in (
+        "event_to_action",
+        "timer_lateness_1ms",
+        "timer_lateness_10ms",
+        "timer_lateness_50ms",
+    ):
+        for engine in ("userspace", "kernel"):
+            r = rows[(engine, metric)]
+            assert set(r) >= KEYS and r["scenario"] == "mechanics" and r["unit"] == "us"
+            assert r["n"] == 5 and 0 <= r["p50"] <= r["p90"] <= r["p99"] <= r["p999"] <= r["max"]
+    drain = rows[("userspace", "drain_rate")]
+    assert drain["unit"] == "per_s" and drain["p50"] > 0
+    text = report.table(results)
+    assert "event_to_action" in text and "ratio" in text
+
+
+def test_percentiles_nearest_rank() -> None:
+    r = report.percentiles("s", "userspace", "m", "us", [float(x) for x in range(1, 101)])
+    assert (r.n, r.p50, r.p90, r.p99, r.p999, r.max) == (100, 50.0, 90.0, 99.0, 100.0, 100.0)
+    assert report.percentiles("s", "kernel", "m", "us", []).n == 0
