@@ -53,9 +53,14 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print(f"hidbpfd replay: {e}", file=sys.stderr)
         return 1
     if args.device == "uhid":
-        from hidbpfd.replay_uhid import replay_uhid
+        import importlib
 
-        rc: int = replay_uhid(rec, cfg, args)
+        try:
+            mod = importlib.import_module("hidbpfd.replay_uhid")
+        except ImportError:
+            print("hidbpfd replay --device uhid: not available in this build yet", file=sys.stderr)
+            return 2
+        rc: int = mod.replay_uhid(rec, cfg, args)
         return rc
     backend = None
     if args.via_bpf:
@@ -102,9 +107,15 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 
 def _cmd_vm(args: argparse.Namespace) -> int:
-    from hidbpfd.vm import main as vm_main
+    import importlib
 
-    return vm_main(args.cmd)
+    try:
+        vm = importlib.import_module("hidbpfd.vm")
+    except ImportError:
+        print("hidbpfd vm: not available in this build yet", file=sys.stderr)
+        return 2
+    rc: int = vm.main(args.cmd)
+    return rc
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -115,26 +126,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     import asyncio
+    from collections.abc import Callable
+    from typing import Any
 
     from hidbpfd.backends.bpf import BpfEventSource, BpfUnavailable
     from hidbpfd.backends.devices import injector_factory, report_io_factory
     from hidbpfd.backends.libbpf import BpfError
+    from hidbpfd.backends.sinks import Injector
+    from hidbpfd.backends.udev import HidDevice
     from hidbpfd.daemon import Daemon
 
     sources: list[BpfEventSource] = []
 
-    def make_source(cb: object) -> BpfEventSource:
-        src = BpfEventSource(cb, ring_bytes=args.ring_kib * 1024)  # type: ignore[arg-type]
+    def make_source(cb: Callable[[Any], None]) -> BpfEventSource:
+        src = BpfEventSource(cb, ring_bytes=args.ring_kib * 1024)
         sources.append(src)
         return src
 
-    def make_injector(hd: object) -> object:
-        return injector_factory(sources[0])(hd)  # type: ignore[arg-type]
+    def make_injector(hd: HidDevice) -> Injector | None:
+        return injector_factory(sources[0])(hd)
 
     d = Daemon(
         args.config,
-        make_source,  # type: ignore[arg-type]
-        make_injector,  # type: ignore[arg-type]
+        make_source,
+        make_injector,
         report_io_factory,
         socket_path=None if args.no_socket else args.socket,
     )

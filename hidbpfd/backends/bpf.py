@@ -404,6 +404,10 @@ class BpfEventSource:
         if dev.mode == "tracing" and self._fds:
             lb.map_delete(self._fds["hidbpfd_traced"], _key(hid_id))
 
+    def has_program(self, name: str) -> bool:
+        """Whether program ``name`` was loaded (the daemon picks sinks from this)."""
+        return name in self._loaded
+
     def can_hold(self, hid_id: int) -> bool:
         """Whether the kernel can keep this device's reports from its readers."""
         dev = self._devices.get(hid_id)

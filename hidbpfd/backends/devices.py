@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable
 
@@ -56,8 +57,8 @@ def report_io_factory(hd: HidDevice) -> Callable[[], ReportIO]:
     """Opens the device's hidraw node lazily, on first output/feature (in the I/O worker)."""
 
     def open_() -> ReportIO:
-        from hidbpfd.backends.hidraw import HidrawReportIO
-
-        return HidrawReportIO(hd.hidraw)
+        hidraw = importlib.import_module("hidbpfd.backends.hidraw")
+        rio: ReportIO = hidraw.HidrawReportIO(hd.hidraw)
+        return rio
 
     return open_
