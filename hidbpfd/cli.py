@@ -126,32 +126,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     import asyncio
-    from collections.abc import Callable
-    from typing import Any
 
-    from hidbpfd.backends.bpf import BpfEventSource, BpfUnavailable
-    from hidbpfd.backends.devices import injector_factory, report_io_factory
+    from hidbpfd.backends.bpf import BpfUnavailable
     from hidbpfd.backends.libbpf import BpfError
-    from hidbpfd.backends.sinks import Injector
-    from hidbpfd.backends.udev import HidDevice
-    from hidbpfd.daemon import Daemon
+    from hidbpfd.runtime import build_daemon
 
-    sources: list[BpfEventSource] = []
-
-    def make_source(cb: Callable[[Any], None]) -> BpfEventSource:
-        src = BpfEventSource(cb, ring_bytes=args.ring_kib * 1024)
-        sources.append(src)
-        return src
-
-    def make_injector(hd: HidDevice) -> Injector | None:
-        return injector_factory(sources[0])(hd)
-
-    d = Daemon(
+    d = build_daemon(
         args.config,
-        make_source,
-        make_injector,
-        report_io_factory,
         socket_path=None if args.no_socket else args.socket,
+        ring_bytes=args.ring_kib * 1024,
     )
     try:
         return asyncio.run(d.run())

@@ -1,0 +1,194 @@
+"""The daemon on real (uhid) devices, observed from both sides: ``replay --device uhid``, the
+demo and the device tests.
+
+A :class:`LiveSession` starts the real daemon in-process (BPF source, HID-BPF attach, in-kernel
+injector, hidraw sinks, udev), creates one uhid device per device of a capture (its descriptor,
+name, bus, vendor, product, phys, uniq), and records:
+
+- what the device's **readers** see: every report read from its hidraw node. A report equal to
+  the oldest report we sent that has not been accounted for yet is a ``pass``; anything else is
+  an ``inject`` (reports the filter held are taken off the list when the daemon hears of them);
+- what the **device** receives: ``UHID_OUTPUT`` → ``output``, ``UHID_SET_REPORT`` of a feature
+  report → ``feature``.
+
+Times are seconds since the first report was sent, like the virtual replay's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hidbpfd.backends.hidraw import HidrawReader
+from hidbpfd.backends.uhid import (
+    UHID_FEATURE_REPORT,
+    UHID_OUTPUT,
+    UHID_SET_REPORT,
+    UhidDevice,
+    UhidEvent,
+)
+from hidbpfd.daemon import Daemon
+from hidbpfd.dispatch import Outcome
+from hidbpfd.recording import RecordedDevice, Recording
+from hidbpfd.replay import TraceLine
+from hidbpfd.runtime import build_daemon
+
+
+@dataclass(slots=True)
+class LiveDevice:
+    """One uhid device of the session and what was seen on it."""
+
+    rec: RecordedDevice
+    uhid: UhidDevice
+    hidraw: str = ""
+    hid_id: str = ""
+    reader: HidrawReader | None = None
+    unaccounted: deque[bytes] = field(default_factory=deque)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class LiveSession:
+    """Async context manager: the daemon running, devices created on demand, a trace kept."""
+
+    def __init__(
+        self, config_paths: Sequence[str | Path], *, manage_timeout_s: float = 30.0
+    ) -> None:
+        self.config_paths = list(config_paths)
+        self.manage_timeout_s = manage_timeout_s
+        self.devices: list[LiveDevice] = []
+        self.lines: list[tuple[int, TraceLine]] = []
+        self.outcomes: list[Outcome] = []
+        self.t0 = 0
+        self.daemon: Daemon = build_daemon(
+            self.config_paths, observers=[self._observe], sleep_bus=None
+        )
+        self._task: asyncio.Task[int] | None = None
+
+    async def __aenter__(self) -> LiveSession:
+        self._task = asyncio.get_running_loop().create_task(
+            self.daemon.run(), name="hidbpfd-live-daemon"
+        )
+        ready = asyncio.ensure_future(self.daemon.ready.wait())
+        done, _ = await asyncio.wait(
+            {self._task, ready}, timeout=60, return_when=asyncio.FIRST_COMPLETED
+        )
+        if self._task in done:
+            ready.cancel()
+            self._task.result()  # raises the daemon's start-up error
+            raise RuntimeError("the daemon stopped during start-up")
+        if ready not in done:
+            raise TimeoutError("the daemon was not ready within 60 s")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for d in self.devices:
+            for t in d.tasks:
+                t.cancel()
+            if d.reader is not None:
+                d.reader.close()
+            d.uhid.destroy()
+        for d in self.devices:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*d.tasks, return_exceptions=True)
+        self.daemon.stop()
+        if self._task is not None:
+            await asyncio.wait_for(self._task, 30)
+
+    # --- devices -----------------------------------------------------------------------------
+
+    async def add(self, rec: RecordedDevice) -> LiveDevice:
+        """Create the uhid device for ``rec``, open its hidraw node, and wait until the daemon
+        has taken it on (or decided it has no policy)."""
+        dev = LiveDevice(rec, UhidDevice(on_event=None))
+        dev.uhid.create(
+            rec.name or f"hidbpfd replay {rec.index}",
+            rec.descriptor,
+            rec.bus,
+            rec.vendor,
+            rec.product,
+            phys=rec.phys,
+            uniq=rec.uniq,
+        )
+        self.devices.append(dev)
+        dev.hidraw = await dev.uhid.wait_hidraw(timeout_s=self.manage_timeout_s)
+        dev.hid_id = dev.uhid.hid_name() or ""
+        dev.reader = HidrawReader(dev.hidraw)
+        dev.tasks.append(
+            asyncio.get_running_loop().create_task(self._read(dev), name=f"live-read-{dev.hid_id}")
+        )
+        dev.tasks.append(
+            asyncio.get_running_loop().create_task(
+                self._device_side(dev), name=f"live-uhid-{dev.hid_id}"
+            )
+        )
+        deadline = time.monotonic() + self.manage_timeout_s
+        while dev.hid_id not in self.daemon.present:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the daemon never saw {dev.hid_id} ({dev.hidraw})")
+            await asyncio.sleep(0.002)
+        return dev
+
+    # --- playing -----------------------------------------------------------------------------
+
+    async def play(self, rec: Recording, *, settle_s: float) -> list[TraceLine]:
+        """Create every device, send every event at its time, wait ``settle_s`` after the last
+        one, and return the trace in time order."""
+        by_index = {d.index: await self.add(d) for d in rec.devices}
+        events = rec.events()
+        if not events:
+            return []
+        first = events[0][0]
+        self.t0 = time.monotonic_ns()
+        for t_ns, rdev, data in events:
+            delay = (self.t0 + (t_ns - first) - time.monotonic_ns()) / 1e9
+            if delay > 0:
+                await asyncio.sleep(delay)
+            d = by_index[rdev.index]
+            d.unaccounted.append(data)
+            d.uhid.input(data)
+        await asyncio.sleep(settle_s)
+        return self.trace()
+
+    def trace(self) -> list[TraceLine]:
+        """Lines so far, by time (times relative to the first report sent)."""
+        return [line for _, line in sorted(self.lines, key=lambda x: x[0])]
+
+    # --- observing ---------------------------------------------------------------------------
+
+    def _rel(self, t_ns: int) -> float:
+        return round((t_ns - self.t0) / 1e9, 6)
+
+    def _add(self, t_ns: int, kind: str, data: bytes, dev: LiveDevice) -> None:
+        self.lines.append((t_ns, TraceLine(self._rel(t_ns), kind, data.hex(), dev.hid_id)))
+
+    def _observe(self, o: Outcome) -> None:
+        self.outcomes.append(o)
+        if o.kind != "hold":
+            return
+        for d in self.devices:
+            if d.hid_id == o.device.key and o.data in d.unaccounted:
+                d.unaccounted.remove(o.data)
+
+    async def _read(self, dev: LiveDevice) -> None:
+        assert dev.reader is not None
+        async for stamp, report in dev.reader:
+            if report in dev.unaccounted:
+                while dev.unaccounted and dev.unaccounted[0] != report:
+                    dev.unaccounted.popleft()  # held reports the daemon has not reported yet
+                dev.unaccounted.popleft()
+                self._add(stamp, "pass", report, dev)
+            else:
+                self._add(stamp, "inject", report, dev)
+
+    async def _device_side(self, dev: LiveDevice) -> None:
+        while True:
+            ev: UhidEvent = await dev.uhid.next_event(timeout_s=1e9)
+            if ev.type == UHID_OUTPUT:
+                self._add(ev.received_ns, "output", ev.data, dev)
+            elif ev.type == UHID_SET_REPORT and ev.report_type == UHID_FEATURE_REPORT:
+                self._add(ev.received_ns, "feature", ev.data, dev)

@@ -1,0 +1,48 @@
+"""Building the real daemon: the BPF event source, the sinks chosen per device, udev.
+
+One place for ``hidbpfd run``, ``replay --device uhid``, ``demo`` and the device tests, so
+they all run the daemon exactly as the service does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from hidbpfd.backends.bpf import BpfEventSource
+from hidbpfd.backends.devices import injector_factory, report_io_factory
+from hidbpfd.backends.sinks import Injector
+from hidbpfd.backends.udev import HidDevice
+from hidbpfd.daemon import Daemon
+from hidbpfd.dispatch import Observer
+
+
+def build_daemon(
+    config_paths: Sequence[str | Path],
+    *,
+    socket_path: str | None = None,
+    observers: Sequence[Observer] = (),
+    ring_bytes: int = 1 << 20,
+    sleep_bus: str | None = "system",
+) -> Daemon:
+    """The daemon with the real BPF source, in-kernel injector / hidraw sinks and udev."""
+    sources: list[BpfEventSource] = []
+
+    def make_source(cb: Callable[[Any], None]) -> BpfEventSource:
+        src = BpfEventSource(cb, ring_bytes=ring_bytes)
+        sources.append(src)
+        return src
+
+    def make_injector(hd: HidDevice) -> Injector | None:
+        return injector_factory(sources[0])(hd)
+
+    return Daemon(
+        config_paths,
+        make_source,
+        make_injector,
+        report_io_factory,
+        socket_path=socket_path,
+        observers=observers,
+        sleep_bus=sleep_bus,
+    )
