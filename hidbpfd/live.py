@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
+import subprocess
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hidbpfd.backends.hidraw import HidrawReader
@@ -37,6 +40,20 @@ from hidbpfd.dispatch import Outcome
 from hidbpfd.recording import RecordedDevice, Recording
 from hidbpfd.replay import TraceLine
 from hidbpfd.runtime import build_daemon
+
+
+async def settle_udev(timeout_s: float = 30.0) -> None:
+    """Wait until udev has handled the new devices' events (a new keyboard brings input, event
+    and LED devices whose rules compete for the CPU), so that playback measures the daemon, not
+    udev's start-up. A no-op where udev is not running."""
+    if not os.path.exists("/run/udev/control") or shutil.which("udevadm") is None:
+        return
+    await asyncio.to_thread(
+        subprocess.run,
+        ["udevadm", "settle", f"--timeout={int(timeout_s)}"],
+        check=False,
+        capture_output=True,
+    )
 
 
 @dataclass(slots=True)
@@ -61,9 +78,12 @@ class LiveSession:
         self.config_paths = list(config_paths)
         self.manage_timeout_s = manage_timeout_s
         self.devices: list[LiveDevice] = []
-        self.lines: list[tuple[int, TraceLine]] = []
+        self.lines: list[tuple[int, str, bytes, str]] = []  # (monotonic ns, kind, data, hid id)
+        self.attached: dict[str, int] = {}  # hid id -> when the daemon took it on
         self.outcomes: list[Outcome] = []
         self.t0 = 0
+        self.sent: list[tuple[int, int, bytes]] = []
+        """(monotonic ns, capture device index, report) of every report actually sent."""
         self.daemon: Daemon = build_daemon(
             self.config_paths, observers=[self._observe], sleep_bus=None
         )
@@ -139,6 +159,7 @@ class LiveSession:
         """Create every device, send every event at its time, wait ``settle_s`` after the last
         one, and return the trace in time order."""
         by_index = {d.index: await self.add(d) for d in rec.devices}
+        await settle_udev()
         events = rec.events()
         if not events:
             return []
@@ -150,13 +171,31 @@ class LiveSession:
                 await asyncio.sleep(delay)
             d = by_index[rdev.index]
             d.unaccounted.append(data)
+            self.sent.append((time.monotonic_ns(), rdev.index, data))
             d.uhid.input(data)
         await asyncio.sleep(settle_s)
         return self.trace()
 
+    def attach_offset(self) -> int | None:
+        """When the first device was taken on, relative to the first report sent (ns, <= 0)."""
+        return min(self.attached.values()) - self.t0 if self.attached else None
+
+    def as_sent(self, rec: Recording) -> Recording:
+        """``rec`` with each event at the time it was really sent: the virtual replay of this is
+        what the daemon should have done given the real input timing (a stalled sender under
+        emulation shifts reports; the daemon's own latency is what is left)."""
+        devices = [replace(d, events=[]) for d in rec.devices]
+        by_index = {d.index: d for d in devices}
+        for t_ns, idx, data in self.sent:
+            by_index[idx].events.append((t_ns - self.t0, data))
+        return Recording(rec.path, devices)
+
     def trace(self) -> list[TraceLine]:
-        """Lines so far, by time (times relative to the first report sent)."""
-        return [line for _, line in sorted(self.lines, key=lambda x: x[0])]
+        """Lines so far, by time (seconds relative to the first report sent)."""
+        return [
+            TraceLine(self._rel(t), kind, data.hex(), dev)
+            for t, kind, data, dev in sorted(self.lines, key=lambda x: x[0])
+        ]
 
     # --- observing ---------------------------------------------------------------------------
 
@@ -164,10 +203,12 @@ class LiveSession:
         return round((t_ns - self.t0) / 1e9, 6)
 
     def _add(self, t_ns: int, kind: str, data: bytes, dev: LiveDevice) -> None:
-        self.lines.append((t_ns, TraceLine(self._rel(t_ns), kind, data.hex(), dev.hid_id)))
+        self.lines.append((t_ns, kind, data, dev.hid_id))
 
     def _observe(self, o: Outcome) -> None:
         self.outcomes.append(o)
+        if o.kind == "added":
+            self.attached[o.device.key] = o.t_ns
         if o.kind != "hold":
             return
         for d in self.devices:

@@ -37,7 +37,9 @@ KFUNCS: Final = (
     "hid_bpf_hw_output_report",
     "hid_bpf_hw_request",
 )
-FUNCS: Final = (*KFUNCS, "bpf_wq_init", "hid_input_report")
+TRACE_TARGET: Final = "hid_report_raw_event"
+"""Where the tracing fallback hooks: every transport's reports pass there."""
+FUNCS: Final = (*KFUNCS, "bpf_wq_init", TRACE_TARGET)
 STRUCTS: Final = ("hid_bpf_ops", "bpf_struct_ops_hid_bpf_ops", "bpf_wq", "hid_device")
 
 Check = dict[str, object]
@@ -67,6 +69,8 @@ class KernelBtf:
     structs: frozenset[str] = frozenset()
     device_event_arity: int | None = None
     """Parameters of ``hid_bpf_ops.hid_device_event`` (3 with ``source``), None if absent."""
+    trace_target_arity: int | None = None
+    """Parameters of ``hid_report_raw_event`` (6 since Linux 7.0: ``bufsize``), None if absent."""
 
     @property
     def hid_bpf(self) -> bool:
@@ -98,11 +102,12 @@ def kernel_btf() -> KernelBtf:
             (a for b in btfs if (a := b.member_func_arity("hid_bpf_ops", "hid_device_event"))),
             None,
         )
+        trace_arity = next((a for b in btfs if (a := b.func_arity(TRACE_TARGET))), None)
     finally:
         for b in reversed(btfs):
             b.free()
     where = "vmlinux + hid module" if len(btfs) > 1 else "vmlinux"
-    return KernelBtf(True, f"{VMLINUX_BTF} ({where})", funcs, structs, arity)
+    return KernelBtf(True, f"{VMLINUX_BTF} ({where})", funcs, structs, arity, trace_arity)
 
 
 def _libbpf_version() -> Check:
@@ -111,8 +116,8 @@ def _libbpf_version() -> Check:
     except lb.BpfError as e:
         return no(str(e), e.errno)
     if lib.has("libbpf_major_version"):
-        major = int(lib.dll.libbpf_major_version())
-        minor = int(lib.dll.libbpf_minor_version())
+        major = int(lib.fn("libbpf_major_version")())
+        minor = int(lib.fn("libbpf_minor_version")())
         return ok(f"libbpf {major}.{minor}")
     return ok("libbpf (version unknown)")
 
@@ -161,30 +166,33 @@ def _feeder(obj_path: Path) -> Check:
 def _tracing(obj_path: Path, btf: KernelBtf) -> Check:
     if not btf.ok:
         return no(btf.reason)
-    if "hid_input_report" not in btf.funcs:
-        return no("hid_input_report not in kernel BTF: no HID core (CONFIG_HID) loaded")
+    if TRACE_TARGET not in btf.funcs:
+        return no(f"{TRACE_TARGET} not in kernel BTF: no HID core (CONFIG_HID) loaded")
     if not obj_path.exists():
         return no(f"{obj_path} not built. Try: python -m hidbpfd.bpf.build", errno.ENOENT)
     reasons = []
-    last = 0
+    first_errno = 0
     for prog, kind in (("hidbpfd_trace_fentry", "fentry"), ("hidbpfd_trace_kprobe", "kprobe")):
+        stage = "load"
         try:
             obj = _load_only(obj_path, [prog])
+            stage = "attach"
+            try:
+                with lb.capture_log(quiet=True):
+                    obj.program(prog).attach().destroy()
+            finally:
+                obj.close()
         except lb.BpfError as e:
-            reasons.append(f"{kind}: load: {e}")
-            last = e.errno or 0
+            err = e.errno or 0
+            reasons.append(f"{kind} on {TRACE_TARGET}: {stage} refused: {_errno_text(err)}")
+            first_errno = first_errno or err
             continue
-        try:
-            with lb.capture_log(quiet=True):
-                obj.program(prog).attach().destroy()
-        except lb.BpfError as e:
-            reasons.append(f"{kind}: attach: {e}")
-            last = e.errno or 0
-            continue
-        finally:
-            obj.close()
-        return ok(f"{kind} on hid_input_report loads and attaches (observe only)")
-    return no("; ".join(reasons), last)
+        return ok(f"{kind} on {TRACE_TARGET} loads and attaches (observe only)")
+    return no("; ".join(reasons), first_errno)
+
+
+def _errno_text(err: int) -> str:
+    return f"{errno.errorcode.get(err, str(err))} ({os.strerror(err)})"
 
 
 def _dev_node(name: str, module: str, config: str) -> Check:

@@ -116,11 +116,14 @@ def replay(
     *,
     backend: FilterBackend | None = None,
     observers: Sequence[Callable[[Outcome], None]] = (),
+    attach_ns: int | None = None,
 ) -> Iterator[TraceLine]:
-    """Run a capture and yield its trace lines in time order."""
+    """Run a capture and yield its trace lines in time order. Devices are attached at the first
+    event's time, or at ``attach_ns`` (same time base as the events) when given: the live
+    replay uses that to model devices that were plugged in before playback began."""
     events = rec.events()
     t0 = events[0][0] if events else 0
-    clock = VirtualClock(t0)
+    clock = VirtualClock(t0 if attach_ns is None else min(attach_ns, t0))
     lines: list[TraceLine] = []
 
     def rel(t_ns: int) -> float:

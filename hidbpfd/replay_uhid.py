@@ -19,16 +19,23 @@ from hidbpfd.replay import TraceLine, replay
 SETTLE_S = 0.5
 
 
-async def observe(rec: Recording, config_paths: list[str]) -> list[TraceLine]:
-    """Play ``rec`` on uhid devices with the daemon using ``config_paths``; return the trace."""
+async def observe(
+    rec: Recording, config_paths: list[str]
+) -> tuple[list[TraceLine], list[TraceLine]]:
+    """Play ``rec`` on uhid devices with the daemon using ``config_paths``. Returns the observed
+    trace, and the virtual replay of the reports as they were really sent (the reference for
+    the daemon's timing)."""
     from hidbpfd.config import load
     from hidbpfd.live import LiveSession
 
-    virtual = list(replay(rec, load(config_paths)))
+    cfg = load(config_paths)
+    virtual = list(replay(rec, cfg))
     last_event = (rec.events()[-1][0] - rec.events()[0][0]) / 1e9 if rec.events() else 0.0
     tail = max((line.t for line in virtual), default=0.0) - last_event
     async with LiveSession(config_paths) as live:
-        return await live.play(rec, settle_s=max(tail, 0.0) + SETTLE_S)
+        real = await live.play(rec, settle_s=max(tail, 0.0) + SETTLE_S)
+        as_sent = list(replay(live.as_sent(rec), cfg, attach_ns=live.attach_offset()))
+    return real, as_sent
 
 
 def replay_uhid(rec: Recording, cfg: Config, args: argparse.Namespace) -> int:
@@ -40,7 +47,7 @@ def replay_uhid(rec: Recording, cfg: Config, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    lines = asyncio.run(observe(rec, [args.config]))
+    lines, _ = asyncio.run(observe(rec, [args.config]))
     for line in lines:
         print(line.json())
     return 0

@@ -233,8 +233,12 @@ class BpfEventSource:
             raise BpfUnavailable(f"{self._obj_path} not built. Try: python -m hidbpfd.bpf.build")
         self._btf = probe_mod.kernel_btf()
         wanted = self._wanted_programs()
+        image = self._obj_path.read_bytes()
+        if (self._btf.trace_target_arity or 5) >= 6:
+            # const volatile int hidbpfd_raw_event_nargs = 5;  (the kprobe's argument map)
+            image = lb.elf_patch(image, "hidbpfd_raw_event_nargs", 0, struct.pack("<i", 6))
         while True:
-            obj = lb.BpfObject.open_file(str(self._obj_path))
+            obj = lb.BpfObject.open_mem(image)
             lines: list[str] = []
             try:
                 for name, prog in obj.programs.items():
@@ -263,11 +267,11 @@ class BpfEventSource:
 
     def _wanted_programs(self) -> set[str]:
         wanted = {"hidbpfd_feed"}
-        if "hid_input_report" in self._btf.funcs:
+        if probe_mod.TRACE_TARGET in self._btf.funcs:
             wanted.update(TRACING_PROGRAMS)
         else:
             for p in TRACING_PROGRAMS:
-                self.skipped[p] = "hid_input_report not in kernel BTF (no HID core)"
+                self.skipped[p] = f"{probe_mod.TRACE_TARGET} not in kernel BTF (no HID core)"
         for prog, kfuncs in IO_PROGRAMS.items():
             missing = [k for k in kfuncs if k not in self._btf.funcs]
             if missing:
@@ -326,15 +330,18 @@ class BpfEventSource:
 
     # ------------------------------------------------------------------ devices
 
-    def attach_device(self, hid_id: int) -> str:
+    def attach_device(self, hid_id: int, *, modes: Sequence[str] = ("hid_bpf", "tracing")) -> str:
         """Start filtering a device's reports (called by the registry when a device with
         policies appears). Tries HID-BPF (can hold), then the tracing fallback (observe
-        only); returns ``"hid_bpf"``, ``"tracing"`` or ``"none: <reason>"``."""
+        only), or just ``modes``; returns ``"hid_bpf"``, ``"tracing"`` or
+        ``"none: <reason>"``. A device already attached keeps its mode."""
         self._need()
         if hid_id in self._devices:
             return self._devices[hid_id].mode
         reasons = []
-        if not self._btf.hid_bpf:
+        if "hid_bpf" not in modes:
+            pass
+        elif not self._btf.hid_bpf:
             reasons.append("hid_bpf: struct hid_bpf_ops not in kernel BTF")
         elif not self._ops_path.exists():
             reasons.append(f"hid_bpf: {self._ops_path} not built")
@@ -344,12 +351,12 @@ class BpfEventSource:
                 return "hid_bpf"
             except lb.BpfError as e:
                 reasons.append(f"hid_bpf: {e}")
-        mode = self._attach_tracing(hid_id)
-        if mode:
-            self._devices[hid_id] = _Device(mode)
-            return mode
-        reasons.append(self._trace_error)
-        return "none: " + "; ".join(reasons)
+        if "tracing" in modes:
+            if self._attach_tracing(hid_id):
+                self._devices[hid_id] = _Device("tracing")
+                return "tracing"
+            reasons.append(self._trace_error)
+        return "none: " + ("; ".join(reasons) or f"no mode among {list(modes)}")
 
     def _attach_hid_bpf(self, hid_id: int) -> _Device:
         # struct hid_bpf_ops { int hid_id; __u32 flags; ... }: hid_id first, set before load

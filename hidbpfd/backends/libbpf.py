@@ -139,6 +139,8 @@ _SZ = ctypes.c_size_t
 _PROTOS: Final[dict[str, tuple[object, list[object]]]] = {
     "libbpf_set_print": (_VP, [_PRINT_FN]),
     "libbpf_num_possible_cpus": (_I, []),
+    "libbpf_major_version": (_U32, []),
+    "libbpf_minor_version": (_U32, []),
     "libbpf_get_error": (ctypes.c_long, [_VP]),
     "bpf_object__open_file": (_VP, [_CP, _VP]),
     "bpf_object__open_mem": (_VP, [_VP, _SZ, _VP]),
@@ -613,6 +615,15 @@ class Btf:
             _p, kind, nparams, _r = self._type(target)
             return nparams if kind == BTF_KIND_FUNC_PROTO else None
         return None
+
+    def func_arity(self, name: str) -> int | None:
+        """Parameters of kernel function ``name``, or None if BTF does not list it."""
+        fid = self.find(name, BTF_KIND_FUNC)
+        if not fid:
+            return None
+        _p, _kind, _vlen, proto = self._type(fid)
+        _p, kind, nparams, _r = self._type(proto)
+        return nparams if kind == BTF_KIND_FUNC_PROTO else None
 
     def free(self) -> None:
         """Release the parsed BTF."""

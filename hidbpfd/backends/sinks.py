@@ -125,6 +125,14 @@ class DeviceIO:
     # --- the worker ---
 
     async def _run(self) -> None:
+        try:  # open the node now (off the loop), so the first report is not delayed by it
+            await asyncio.wait_for(asyncio.to_thread(self._ensure_open), self.timeout_s)
+        except (OSError, TimeoutError) as e:
+            log.debug(
+                "%s: opening the report node early failed (%s); will retry on use",
+                self.device.describe(),
+                e,
+            )
         while True:
             op = await self._queue.get()
             try:
@@ -142,10 +150,13 @@ class DeviceIO:
             if op.reply:
                 op.reply(result, "")
 
-    def _do(self, op: _Op) -> bytes | None:
+    def _ensure_open(self) -> ReportIO:
         if self._report_io is None:
             self._report_io = self._open_report_io()
-        rio = self._report_io
+        return self._report_io
+
+    def _do(self, op: _Op) -> bytes | None:
+        rio = self._ensure_open()
         if op.kind == "output":
             rio.output(op.data)
         elif op.kind == "feature":

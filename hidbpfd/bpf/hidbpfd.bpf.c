@@ -7,8 +7,9 @@
  *   hidbpfd_trace_kprobe    kprobe          the same where fentry is refused
  *   hidbpfd_io_*            SEC("syscall")  inject / output / feature reports (HID-BPF)
  *
- * All but the feeder are "?"-less but switched by userspace with
- * bpf_program__set_autoload() before load, from what the probe found; the struct_ops
+ * Userspace switches each but the feeder on or off with bpf_program__set_autoload()
+ * before load, from what the kernel's BTF offers (and retries without any program the
+ * verifier refuses, so one unsupported program never fails the object); the struct_ops
  * lives in hidbpfd_ops.bpf.c (one object per device, sharing these maps by fd).
  */
 #include "vmlinux.h"
@@ -48,19 +49,38 @@ static __always_inline int hidbpfd_trace(__u32 hid_id, int type, const void *dat
 	return 0;
 }
 
-/* int hid_input_report(struct hid_device *hid, enum hid_report_type type, u8 *data,
- *			u32 size, int interrupt);  (drivers/hid/hid-core.c) */
-SEC("fentry/hid_input_report")
-int BPF_PROG(hidbpfd_trace_fentry, struct hid_device *hid, enum hid_report_type type,
-	     __u8 *data, __u32 size)
+/*
+ * Where every report passes on its way to hidraw and the drivers, whatever the transport
+ * (usbhid, i2c-hid, uhid... all reach it through __hid_input_report):
+ *
+ *   int hid_report_raw_event(struct hid_device *hid, enum hid_report_type type, u8 *data,
+ *			      u32 size, int interrupt);			up to 6.x
+ *   int hid_report_raw_event(struct hid_device *hid, enum hid_report_type type, u8 *data,
+ *			      size_t bufsize, u32 size, int interrupt);	7.0+ and stable
+ *
+ * (hid_input_report is no longer on the path: 7.0 transports call hid_safe_input_report.)
+ * fentry asks the trampoline for the argument count; kprobe cannot, so userspace sets
+ * hidbpfd_raw_event_nargs from the kernel's BTF before load.
+ */
+const volatile int hidbpfd_raw_event_nargs = 5;
+
+SEC("fentry/hid_report_raw_event")
+int hidbpfd_trace_fentry(unsigned long long *ctx)
 {
-	return hidbpfd_trace(BPF_CORE_READ(hid, id), type, data, size);
+	struct hid_device *hid = (struct hid_device *)ctx[0];
+	__u64 size = 0;
+
+	if (bpf_get_func_arg(ctx, bpf_get_func_arg_cnt(ctx) >= 6 ? 4 : 3, &size))
+		return 0;
+	return hidbpfd_trace(BPF_CORE_READ(hid, id), (int)ctx[1], (const void *)ctx[2], size);
 }
 
-SEC("kprobe/hid_input_report")
+SEC("kprobe/hid_report_raw_event")
 int BPF_KPROBE(hidbpfd_trace_kprobe, struct hid_device *hid, enum hid_report_type type,
-	       __u8 *data, __u32 size)
+	       __u8 *data, __u64 arg3, __u64 arg4)
 {
+	__u32 size = hidbpfd_raw_event_nargs >= 6 ? arg4 : arg3;
+
 	return hidbpfd_trace(BPF_CORE_READ(hid, id), type, data, size);
 }
 

@@ -117,3 +117,25 @@ def test_unknown_device_is_a_clear_error(rig: tuple[Collected, UhidDevice, int])
         pytest.skip(c.source.skipped["hidbpfd_io_output"])
     with pytest.raises(OSError, match="hidbpfd_io_output"):
         c.source.output(0xFFFF, b"\x02\x00")
+
+
+def test_tracing_fallback_observes_without_holding(rig: tuple[Collected, UhidDevice, int]) -> None:
+    c, dev, raw = rig
+    src = c.source
+    if not probe()["tracing"]["ok"]:
+        pytest.skip(f"tracing: {probe()['tracing']['reason']}")
+    src.set_rules(dev.hid_id, [DeviceRule(Rule(Pattern.parse("01 ff"), RuleFlag.HOLD), 0)])
+    assert src.attach_device(dev.hid_id, modes=("tracing",)) == "tracing"
+    assert not src.can_hold(dev.hid_id)
+
+    dev.send(report(1, 0xFF, 1))  # would be held by HID-BPF: here it passes, and is reported
+    dev.send(report(1, 0x00, 2))
+    assert read_hidraw(raw, 1.0) == [report(1, 0xFF, 1), report(1, 0x00, 2)]
+    recs = c.take()
+    assert [(r.data, r.matched, r.held) for r in recs] == [(report(1, 0xFF, 1), 1, False)]
+
+    src.detach_device(dev.hid_id)
+    dev.send(report(1, 0xFF, 3))
+    assert read_hidraw(raw, 1.0) == [report(1, 0xFF, 3)]
+    assert c.take() == []
+    src.clear_rules(dev.hid_id)
