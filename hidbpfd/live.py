@@ -46,10 +46,13 @@ async def settle_udev(timeout_s: float = 30.0) -> None:
     """Wait until udev has handled the new devices' events (a new keyboard brings input, event
     and LED devices whose rules compete for the CPU), so that playback measures the daemon, not
     udev's start-up. A no-op where udev is not running."""
+    await asyncio.to_thread(_settle, timeout_s)
+
+
+def _settle(timeout_s: float) -> None:
     if not os.path.exists("/run/udev/control") or shutil.which("udevadm") is None:
         return
-    await asyncio.to_thread(
-        subprocess.run,
+    subprocess.run(
         ["udevadm", "settle", f"--timeout={int(timeout_s)}"],
         check=False,
         capture_output=True,
