@@ -26,7 +26,8 @@ from hidbpfd.policies.params import ParamError, convert
 
 DEFAULT_DIR: Final = "/etc/hidbpfd/devices.d"
 FILE_NAME: Final = re.compile(r"^\d\d-[a-z0-9]+__[a-z0-9]+-[a-z0-9][a-z0-9_-]*\.toml$")
-TOP_KEYS: Final = ("device", "policy")
+TOP_KEYS: Final = ("device", "policy", "engine")
+ENGINES: Final = ("userspace", "kernel")
 DEVICE_KEYS: Final = ("bus", "vendor", "product", "name", "uniq", "phys")
 
 
@@ -37,6 +38,7 @@ class PolicyFile:
     path: str
     match: DeviceMatch
     bindings: tuple[Binding, ...]
+    engine: str = "userspace"
 
 
 @dataclass(slots=True)
@@ -185,7 +187,7 @@ def load_file(
             )
     if errs or match is None:
         return None, errs, warns
-    return PolicyFile(f, match, tuple(bindings)), [], warns
+    return PolicyFile(f, match, tuple(bindings), str(engine)), [], warns
 
 
 def _did_you_mean(word: str, options: Sequence[str]) -> str:

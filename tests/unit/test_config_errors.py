@@ -19,6 +19,7 @@ CASES: dict[str, tuple[str, list[tuple[int, str, str]]]] = {
         "engin = 1\n" + DEV + GOOD_POLICY,
         [(1, "engin", "unknown top-level key")],
     ),
+    "unknown engine": ('engine = "ebpf"\n' + DEV + GOOD_POLICY, [(1, "engine", "unknown engine")]),
     "missing device": (GOOD_POLICY, [(1, "device", "missing [device]")]),
     "empty device": ("[device]\n" + GOOD_POLICY, [(1, "device", "empty [device]")]),
     "unknown device key": (
@@ -134,6 +135,15 @@ def test_error_kind(name: str, tmp_path: Path) -> None:
         assert frag in text_, text_
         assert text_.startswith(f"{p}:{line}: {key}: "), text_
         assert " — " in text_, f"no hint on what to do: {text_}"
+
+
+def test_engine_key(tmp_path: Path) -> None:
+    p = tmp_path / "50-1234__5678-k.toml"
+    p.write_text('engine = "kernel"\n' + DEV + GOOD_POLICY)
+    (f,) = load([p]).files
+    assert f.engine == "kernel"
+    p.write_text(DEV + GOOD_POLICY)
+    assert load([p]).files[0].engine == "userspace"
 
 
 def test_duplicate_device_match_across_files(tmp_path: Path) -> None:

@@ -1,0 +1,289 @@
+"""The pure parts of ``hidbpfd vm``: arguments, the KVM decision, kernel choice, config check."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hidbpfd import vm
+from hidbpfd.vm import (
+    READY_MARKER,
+    VmArgs,
+    VmAssets,
+    VmError,
+    cache_dir,
+    check_kernel_config,
+    choose_kernel,
+    guest_env,
+    guest_script,
+    is_static_elf,
+    kernel_dependencies,
+    kvm_usable,
+    parse_args,
+    vng_command,
+)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--", "pytest", "-q"], VmArgs(cmd=("pytest", "-q"))),
+        (["pytest", "-q", "--", "x"], VmArgs(cmd=("pytest", "-q", "--", "x"))),
+        (
+            ["--memory", "4G", "--timeout", "60", "--", "sh", "-c", "exit 3"],
+            VmArgs(cmd=("sh", "-c", "exit 3"), memory="4G", timeout_s=60.0),
+        ),
+        (["--rwdir", "/tmp/out", "--", "true"], VmArgs(cmd=("true",), rwdirs=("/tmp/out",))),
+        (["--", "--memory"], VmArgs(cmd=("--memory",))),
+    ],
+)
+def test_parse_args(argv: list[str], expected: VmArgs) -> None:
+    assert parse_args(argv) == expected
+
+
+@pytest.mark.parametrize("argv", [[], ["--"], ["--memory", "1G"]])
+def test_parse_args_needs_a_command(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        parse_args(argv)
+    assert info.value.code == 2
+    assert "no command given" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("modules", "env", "expected"),
+    [
+        ({"kvm", "kvm_intel"}, {}, True),
+        ({"kvm", "kvm_amd"}, {}, True),
+        ({"kvm", "kvm_pvm"}, {}, False),  # paravirtual KVM: a stock kernel hangs under it
+        (set(), {}, False),
+        ({"kvm", "kvm_pvm"}, {"HIDBPFD_VM_KVM": "1"}, True),
+        ({"kvm", "kvm_intel"}, {"HIDBPFD_VM_KVM": "0"}, False),
+    ],
+)
+def test_kvm_only_with_hardware_kvm(
+    tmp_path: Path, modules: set[str], env: dict[str, str], expected: bool
+) -> None:
+    sys_module = tmp_path / "module"
+    for name in modules:
+        (sys_module / name).mkdir(parents=True)
+    dev_kvm = tmp_path / "kvm"
+    dev_kvm.touch()
+    assert kvm_usable(sys_module, dev_kvm, env) is expected
+
+
+def test_no_kvm_without_dev_kvm(tmp_path: Path) -> None:
+    (tmp_path / "kvm_intel").mkdir()
+    assert kvm_usable(tmp_path, tmp_path / "missing", {}) is False
+
+
+PKGNAMES_OUTPUT = """  # apt-cache pkgnames linux-image- (excerpt)
+linux-image-6.16.12+deb13-amd64
+linux-image-6.19.14+deb13-amd64
+linux-image-7.3.4+deb13-amd64
+linux-image-7.3.4+deb13-amd64-dbg
+linux-image-7.3.4+deb13-cloud-amd64
+linux-image-7.3.4+deb13-rt-amd64
+linux-image-7.2.12+deb13-amd64
+linux-image-7.10.1+deb13-amd64-unsigned
+linux-image-amd64
+linux-image-cloud-amd64
+"""
+
+
+def test_choose_kernel_takes_the_newest_plain_amd64_image() -> None:
+    assert choose_kernel(PKGNAMES_OUTPUT.split()) == "7.3.4+deb13-amd64"
+
+
+def test_choose_kernel_compares_versions_numerically() -> None:
+    names = ["linux-image-6.9.1+deb13-amd64", "linux-image-6.10.2+deb13-amd64"]
+    assert choose_kernel(names) == "6.10.2+deb13-amd64"
+
+
+def test_choose_kernel_without_candidates() -> None:
+    assert choose_kernel(["linux-image-amd64", "linux-headers-7.3.4+deb13-amd64"]) is None
+
+
+def test_kernel_dependencies_follow_the_split_packages() -> None:
+    depends = (
+        " dracut | initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool,"
+        " linux-base-7.3.4+deb13-amd64 (= 7.3.4-1~bpo13+1),"
+        " linux-binary-7.3.4+deb13-amd64 (= 7.3.4-1~bpo13+1),"
+        " linux-modules-7.3.4+deb13-amd64 (= 7.3.4-1~bpo13+1), kmod"
+    )
+    assert kernel_dependencies("7.3.4+deb13-amd64", depends) == [
+        "linux-base-7.3.4+deb13-amd64",
+        "linux-binary-7.3.4+deb13-amd64",
+        "linux-modules-7.3.4+deb13-amd64",
+    ]
+    assert kernel_dependencies("7.3.4+deb13-amd64", "") == []
+
+
+GOOD_CONFIG = """
+# CONFIG_FOO is not set
+CONFIG_HID_BPF=y
+CONFIG_UHID=m
+CONFIG_HIDRAW=y
+CONFIG_INPUT_UINPUT=m
+CONFIG_HID_GENERIC=m
+CONFIG_INPUT_EVDEV=m
+CONFIG_BPF_SYSCALL=y
+CONFIG_DEBUG_INFO_BTF=y
+"""
+
+
+def test_config_check_accepts_a_hid_bpf_kernel() -> None:
+    assert check_kernel_config(GOOD_CONFIG) == []
+
+
+def test_config_check_names_what_is_missing() -> None:
+    text = GOOD_CONFIG.replace("CONFIG_HID_BPF=y", "# CONFIG_HID_BPF is not set").replace(
+        "CONFIG_UHID=m", "CONFIG_UHID=n"
+    )
+    problems = check_kernel_config(text)
+    assert problems == [
+        "CONFIG_HID_BPF is 'n', need CONFIG_HID_BPF=y",
+        "CONFIG_UHID is 'n', need CONFIG_UHID=y or CONFIG_UHID=m",
+    ]
+
+
+def test_config_check_wants_hid_bpf_built_in() -> None:
+    assert check_kernel_config(GOOD_CONFIG.replace("CONFIG_HID_BPF=y", "CONFIG_HID_BPF=m")) == [
+        "CONFIG_HID_BPF is 'm', need CONFIG_HID_BPF=y"
+    ]
+
+
+def test_guest_env_passes_only_what_the_command_needs() -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "VIRTUAL_ENV": "/work/.venv",
+        "HIDBPFD_REQUIRE_DEVICE": "1",
+        "PYTEST_ADDOPTS": "-x",
+        "SSH_AUTH_SOCK": "/tmp/agent",
+        "HOME": "/root",
+    }
+    assert guest_env(env) == {
+        "HIDBPFD_REQUIRE_DEVICE": "1",
+        "PATH": "/usr/bin:/bin",
+        "PYTEST_ADDOPTS": "-x",
+        "VIRTUAL_ENV": "/work/.venv",
+    }
+
+
+def test_guest_env_activates_the_venv_we_run_from() -> None:
+    got = guest_env({"PATH": "/usr/bin:/w/.venv/bin"}, venv="/w/.venv")
+    assert got == {"PATH": "/w/.venv/bin:/usr/bin", "VIRTUAL_ENV": "/w/.venv"}
+    # an explicitly activated venv wins
+    assert guest_env({"PATH": "/a", "VIRTUAL_ENV": "/v"}, venv="/w/.venv")["VIRTUAL_ENV"] == "/v"
+
+
+def test_guest_script_sets_up_then_execs_the_command_quoted() -> None:
+    script = guest_script(["python", "-c", "print('a b')"], "/work/my repo", {"PATH": "/x y:/bin"})
+    lines = script.splitlines()
+    assert lines[0].startswith("modprobe -a uhid uinput hid-generic evdev")
+    assert any("mount -t bpf bpf /sys/fs/bpf" in line for line in lines)
+    ready = next(i for i, line in enumerate(lines) if READY_MARKER in line)
+    assert lines[ready + 1 :] == [
+        "export PATH='/x y:/bin'",
+        "cd '/work/my repo' || exit 125",
+        "exec python -c 'print('\"'\"'a b'\"'\"')'",
+    ]
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="needs sh")
+def test_guest_script_is_valid_sh(tmp_path: Path) -> None:
+    script = tmp_path / "guest.sh"
+    script.write_text(guest_script(["true"], "/", {}))
+    assert subprocess.run(["sh", "-n", str(script)], check=False).returncode == 0
+
+
+def _assets() -> VmAssets:
+    root = Path("/cache/kernels/7.3.4+deb13-amd64/usr/lib/modules/7.3.4+deb13-amd64")
+    return VmAssets(
+        release="7.3.4+deb13-amd64",
+        kernel_image=root / "vmlinuz",
+        modules_dir=root,
+        vng=Path("/venv/bin/vng"),
+        scripts_dir=Path("/venv/bin"),
+    )
+
+
+def test_vng_command_without_kvm_overlays_the_work_tree() -> None:
+    cmd = vng_command(
+        _assets(), Path("/cache/run/g.sh"), cwd="/work/main", memory="2G", use_kvm=False
+    )
+    assert cmd[:3] == ["/venv/bin/vng", "--run", str(_assets().kernel_image)]
+    assert "--disable-kvm" in cmd
+    assert cmd[cmd.index("--overlay-rwdir") + 1] == "/work/main"
+    assert cmd[-2:] == ["--exec", "exec /bin/sh /cache/run/g.sh"]
+    append = cmd[cmd.index("--append") + 1]
+    assert "module_blacklist=" in append and "modprobe.blacklist=" in append
+    assert "uhid" not in append and "evdev" not in append and "hid" not in append.split("=")[1]
+
+
+def test_vng_command_with_kvm_and_rwdirs() -> None:
+    cmd = vng_command(
+        _assets(),
+        Path("/c/g.sh"),
+        cwd="/work/main",
+        memory="4G",
+        use_kvm=True,
+        rwdirs=["/work/main"],
+    )
+    assert "--disable-kvm" not in cmd
+    assert cmd[cmd.index("--memory") + 1] == "4G"
+    assert cmd[cmd.index("--rwdir") + 1] == "/work/main"
+    assert "--overlay-rwdir" not in cmd  # writable already
+
+
+def test_vng_command_needs_no_overlay_where_virtme_has_one() -> None:
+    cmd = vng_command(_assets(), Path("/c/g.sh"), cwd="/tmp/x", memory="2G", use_kvm=False)
+    assert "--overlay-rwdir" not in cmd
+
+
+def test_the_kernel_command_line_stays_short() -> None:
+    # x86 cuts the kernel command line at 2048 bytes and virtme-ng uses ~800 of them
+    cmd = vng_command(_assets(), Path("/c/g.sh"), cwd="/w", memory="2G", use_kvm=False)
+    ours = len(cmd[cmd.index("--append") + 1]) + len(cmd[-1]) * 4 // 3
+    assert ours < 900, shlex.join(cmd)
+
+
+def test_cache_dir_default_and_override() -> None:
+    assert cache_dir({}) == Path("/var/lib/hidbpfd/vm")
+    assert cache_dir({"HIDBPFD_VM_CACHE": "/srv/vm"}) == Path("/srv/vm")
+
+
+def test_cache_dir_refuses_what_the_guest_cannot_see() -> None:
+    with pytest.raises(VmError, match="tmpfs"):
+        cache_dir({"HIDBPFD_VM_CACHE": "/var/cache/hidbpfd/vm"})
+
+
+def test_is_static_elf(tmp_path: Path) -> None:
+    assert is_static_elf(Path("/bin/sh")) is False  # dynamically linked
+    not_elf = tmp_path / "script"
+    not_elf.write_text("#!/bin/sh\n")
+    assert is_static_elf(not_elf) is False
+    assert is_static_elf(tmp_path / "missing") is False
+    busybox = shutil.which("busybox")
+    if (
+        busybox
+        and "statically linked"
+        in subprocess.run(
+            ["file", "-L", busybox], capture_output=True, text=True, check=False
+        ).stdout
+    ):
+        assert is_static_elf(Path(busybox)) is True
+
+
+def test_main_reports_errors_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def fail(*_args: object, **_kwargs: object) -> int:
+        raise VmError("cannot download the package lists")
+
+    monkeypatch.setattr(vm, "run_in_vm", fail)
+    assert vm.main(["--", "true"]) == 2
+    assert capsys.readouterr().err == "hidbpfd vm: error: cannot download the package lists\n"
