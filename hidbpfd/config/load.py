@@ -171,8 +171,15 @@ def load_file(
             err(
                 k,
                 f"unknown top-level key {k!r}",
-                f"Use [device] and [[policy]] only{_did_you_mean(k, TOP_KEYS)}",
+                f"Use engine, [device] and [[policy]] only{_did_you_mean(k, TOP_KEYS)}",
             )
+    engine = doc.get("engine", "userspace")
+    if engine not in ENGINES:
+        err(
+            "engine",
+            f"unknown engine {engine!r}",
+            'Use engine = "userspace" (the daemon) or "kernel" (HID-BPF)',
+        )
     match = _device(doc.get("device"), err)
     bindings = _policies(doc.get("policy"), f, registry, err)
     if not errs and match is not None:
