@@ -314,15 +314,23 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("probe", help="print, as JSON, what this kernel supports")
     pr.set_defaults(func=_cmd_probe)
 
-    v = sub.add_parser("vm", help="run a command in a VM with a HID-capable kernel")
-    v.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD")
+    v = sub.add_parser("vm", help="run a command in a VM with a HID-capable kernel", add_help=False)
+    v.add_argument(
+        "cmd", nargs=argparse.REMAINDER, metavar="[--] CMD", help="see hidbpfd vm --help"
+    )
     v.set_defaults(func=_cmd_vm)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hidbpfd`` console script."""
-    args = build_parser().parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if "vm" in raw and all(a.startswith("-") for a in raw[: raw.index("vm")]):
+        # everything after "vm" belongs to hidbpfd.vm (its own options, "--", the command)
+        args = build_parser().parse_args([*raw[: raw.index("vm")], "vm"])
+        args.cmd = raw[raw.index("vm") + 1 :]
+    else:
+        args = build_parser().parse_args(raw)
     if getattr(args, "func", None) is _cmd_run and not args.config:
         from hidbpfd.config import DEFAULT_DIR
 

@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from hidbpfd.backends.hidraw import HidrawReader
 from hidbpfd.backends.uhid import (
@@ -124,10 +125,10 @@ class LiveSession:
 
     # --- devices -----------------------------------------------------------------------------
 
-    async def add(self, rec: RecordedDevice) -> LiveDevice:
-        """Create the uhid device for ``rec``, open its hidraw node, and wait until the daemon
-        has taken it on (or decided it has no policy)."""
-        dev = LiveDevice(rec, UhidDevice(on_event=None))
+    async def add(self, rec: RecordedDevice, **uhid_kwargs: Any) -> LiveDevice:
+        """Create the uhid device for ``rec`` (``uhid_kwargs`` go to :class:`UhidDevice`), open
+        its hidraw node, and wait until the daemon has taken it on (or found no policy)."""
+        dev = LiveDevice(rec, UhidDevice(**uhid_kwargs))
         dev.uhid.create(
             rec.name or f"hidbpfd replay {rec.index}",
             rec.descriptor,
@@ -157,6 +158,27 @@ class LiveSession:
         return dev
 
     # --- playing -----------------------------------------------------------------------------
+
+    async def remove(self, dev: LiveDevice) -> None:
+        """Unplug ``dev`` and wait until the daemon has let it go."""
+        for t in dev.tasks:
+            t.cancel()
+        await asyncio.gather(*dev.tasks, return_exceptions=True)
+        dev.tasks.clear()
+        if dev.reader is not None:
+            dev.reader.close()
+            dev.reader = None
+        dev.uhid.destroy()
+        self.devices.remove(dev)
+        deadline = time.monotonic() + self.manage_timeout_s
+        while dev.hid_id in self.daemon.present or dev.hid_id in self.daemon.managed:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the daemon never let go of {dev.hid_id}")
+            await asyncio.sleep(0.002)
+
+    def seen(self, dev: LiveDevice, kind: str) -> list[bytes]:
+        """Reports of ``kind`` observed on ``dev`` so far."""
+        return [data for _, k, data, hid in self.lines if hid == dev.hid_id and k == kind]
 
     async def play(self, rec: Recording, *, settle_s: float) -> list[TraceLine]:
         """Create every device, send every event at its time, wait ``settle_s`` after the last

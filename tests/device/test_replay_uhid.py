@@ -20,7 +20,10 @@ from hidbpfd.replay import TraceLine, replay
 from tests.replay.test_captures import CAPTURES
 
 ROOT = Path(__file__).resolve().parents[2]
-TOLERANCE_S = 0.050
+EMULATED = "QEMU TCG" in Path("/proc/cpuinfo").read_text()
+# Measured (README): largest differences 10-46 ms under TCG emulation on an idle machine, up to
+# ~125 ms with other VMs sharing the 2 cores; a real CPU does it in well under 10 ms.
+TOLERANCE_S = 0.250 if EMULATED else 0.050
 pytestmark = pytest.mark.device
 
 
