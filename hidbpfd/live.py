@@ -176,6 +176,13 @@ class LiveSession:
                 raise TimeoutError(f"the daemon never let go of {dev.hid_id}")
             await asyncio.sleep(0.002)
 
+    def send(self, dev: LiveDevice, report: bytes) -> None:
+        """Send one input report from ``dev`` (accounted for, so the trace can tell passed
+        reports from injected ones)."""
+        dev.unaccounted.append(report)
+        self.sent.append((time.monotonic_ns(), dev.rec.index, report))
+        dev.uhid.input(report)
+
     def seen(self, dev: LiveDevice, kind: str) -> list[bytes]:
         """Reports of ``kind`` observed on ``dev`` so far."""
         return [data for _, k, data, hid in self.lines if hid == dev.hid_id and k == kind]

@@ -17,17 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from hidbpfd.backends.hidraw import DeviceGone
 from hidbpfd.dispatch import ReplyFn
 from hidbpfd.model import DeviceId
 
 log = logging.getLogger(__name__)
 
 IO_TIMEOUT_S = 1.0
+STUCK_S = 10.0
 QUEUE_MAX = 256
 
 
@@ -99,11 +103,18 @@ class DeviceIO:
             self._run(), name=f"hidbpfd-io-{device.key}"
         )
         self.closed = False
+        self.gone = ""
+        """Why the device is known to be gone (set by the first I/O error saying so); its
+        further I/O is dropped without more log lines until the registry removes it."""
+        self.dropped = 0
 
     # --- called by RoutingSink, on the loop ---
 
     def inject(self, data: bytes, origin: str) -> None:
         """Inject now (errors are reported, never raised)."""
+        if self.gone:
+            self.dropped += 1
+            return
         if self.injector is None:
             self._fail(origin, "inject", "no injection sink for this device (see start-up log)")
             return
@@ -114,6 +125,9 @@ class DeviceIO:
 
     def submit(self, op: _Op) -> None:
         """Queue an output/feature operation for the worker."""
+        if self.gone:
+            self._drop(op)
+            return
         if self.closed:
             self._fail(op.origin, op.kind, "device is gone")
             return
@@ -135,19 +149,41 @@ class DeviceIO:
             )
         while True:
             op = await self._queue.get()
-            try:
-                result = await asyncio.wait_for(asyncio.to_thread(self._do, op), self.timeout_s)
-            except TimeoutError:
-                self._fail(op.origin, op.kind, f"no answer within {self.timeout_s:g} s")
+            if self.gone:
+                self._drop(op)
+                continue
+            fut = asyncio.get_running_loop().run_in_executor(None, self._do, op)
+            start = time.monotonic()
+            done, _ = await asyncio.wait({fut}, timeout=self.timeout_s)
+            late = ""
+            if not done:
+                # The policy gets its answer now; the log line waits for the call's fate (the
+                # kernel bounds it: uhid and usbhid give up after 5 s), so a device that hangs
+                # and then vanishes gives one line, and two calls never overlap on a device.
                 if op.reply:
                     op.reply(None, "timeout")
-                continue
+                    op.reply = None
+                done, _ = await asyncio.wait({fut}, timeout=STUCK_S)
+                if not done:
+                    self._fail(
+                        op.origin,
+                        op.kind,
+                        f"no answer within {self.timeout_s + STUCK_S:g} s (device stuck)",
+                    )
+                    continue
+                late = f" after no answer for {time.monotonic() - start:.1f} s"
+            try:
+                result = fut.result()
             except OSError as e:
-                self._fail(op.origin, op.kind, _oserror(e))
+                self._fail(op.origin, op.kind, _oserror(e) + late)
                 if op.reply:
                     op.reply(None, _oserror(e))
                 continue
-            if op.reply:
+            if late:
+                self._fail(
+                    op.origin, op.kind, f"answered only{late} (timeout {self.timeout_s:g} s)"
+                )
+            elif op.reply:
                 op.reply(result, "")
 
     def _ensure_open(self) -> ReportIO:
@@ -165,7 +201,18 @@ class DeviceIO:
             return rio.get_feature(op.report_id, op.length)
         return None
 
+    def _drop(self, op: _Op) -> None:
+        self.dropped += 1
+        if op.reply:
+            op.reply(None, f"device gone ({self.gone})")
+
     def _fail(self, origin: str, what: str, why: str) -> None:
+        if self.gone:
+            self.dropped += 1
+            return
+        if "(device gone)" in why:
+            self.gone = why.split(" after no answer", maxsplit=1)[0]
+            why += "; dropping its further I/O until it is removed"
         self.on_error(self.device, origin, f"{what} failed: {why}")
 
     async def close(self) -> None:
@@ -183,12 +230,10 @@ class DeviceIO:
 
 
 def _oserror(e: OSError) -> str:
-    import errno
-
+    """One line for an I/O error; ``(device gone)`` when the device vanished (the hidraw layer
+    tells a vanished device from one refusing a report; ENODEV always means gone)."""
     name = errno.errorcode.get(e.errno or 0, "")
-    gone = (
-        " (device gone)" if e.errno in (errno.ENODEV, errno.EIO, errno.EPIPE, errno.ENOENT) else ""
-    )
+    gone = " (device gone)" if isinstance(e, DeviceGone) or e.errno == errno.ENODEV else ""
     return f"{name or 'error'}: {e.strerror or e}{gone}"
 
 

@@ -37,11 +37,18 @@ def config(tmp_path: Path, *, delay_ms: int = 20) -> Path:
     return cfg
 
 
-async def until(cond: Callable[[], bool], what: str, limit_s: float = 20.0) -> None:
+async def until(
+    cond: Callable[[], bool], what: str, limit_s: float = 20.0, live: LiveSession | None = None
+) -> None:
     deadline = time.monotonic() + limit_s
     while not cond():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
+            seen = (
+                ""
+                if live is None
+                else "\nseen: " + repr(live.lines) + "\noutcomes: " + repr(live.outcomes[-20:])
+            )
+            raise AssertionError(f"timed out waiting for: {what}{seen}")
         await asyncio.sleep(0.005)
 
 
@@ -54,7 +61,7 @@ def test_hotplug_with_pending_work(tmp_path: Path, uhid_available: None) -> None
         async with LiveSession([config(tmp_path, delay_ms=3000)]) as live:
             pen = await live.add(device("pen-proximity.hid"))
             assert live.daemon.managed[pen.hid_id].attach == "hid_bpf"
-            pen.uhid.input(OUT_OF_PROX)  # held in the kernel, re-injection pending for 3 s
+            live.send(pen, OUT_OF_PROX)  # held in the kernel, re-injection pending for 3 s
             await until(lambda: pending(live, pen.hid_id) == 1, "re-injection pending")
             old_id = pen.hid_id
             await live.remove(pen)
@@ -63,7 +70,7 @@ def test_hotplug_with_pending_work(tmp_path: Path, uhid_available: None) -> None
             assert again.hid_id != old_id
             slot = live.daemon.dispatch.slots[again.hid_id]
             assert slot.counters.seen == 0 and pending(live, again.hid_id) == 0
-            again.uhid.input(OUT_OF_PROX)
+            live.send(again, OUT_OF_PROX)
             await until(
                 lambda: live.seen(again, "inject") == [OUT_OF_PROX],
                 "re-injection on the new device",
@@ -84,15 +91,8 @@ def test_device_removed_during_a_write(
             pen = await live.add(device("pen-proximity.hid"))
             # a device that never answers SET_REPORT: the feature write blocks in the kernel
             stuck = await live.add(device("wakeup-reinit.hid"), set_report=lambda ev: None)
-            await until(
-                lambda: (
-                    stuck.uhid.reports
-                    or any(True for _ in [])
-                    or live.daemon.managed.get(stuck.hid_id) is not None
-                ),
-                "managed",
-            )
-            await asyncio.sleep(0.2)  # reinit on added: output sent, feature write now blocked
+            # reinit on added: the output goes through, then the feature write blocks
+            await until(lambda: live.seen(stuck, "feature") != [], "SET_REPORT reached the device")
             await live.remove(stuck)  # vanishes mid-write
             await until(
                 lambda: any(
@@ -106,7 +106,7 @@ def test_device_removed_during_a_write(
                 len(lines) == 1 and "50-1209__a002-wakeup-reinit.toml#0 restore-mode" in lines[0]
             ), lines
             # the other device is served as before
-            pen.uhid.input(OUT_OF_PROX)
+            live.send(pen, OUT_OF_PROX)
             await until(lambda: live.seen(pen, "inject") == [OUT_OF_PROX], "pen still served")
 
     run(body(), 120)
@@ -123,8 +123,8 @@ def test_bad_reload_keeps_serving(tmp_path: Path, uhid_available: None) -> None:
             res = live.daemon.reload()
             assert [e.key for e in res.errors] == ["policy[0].delay_ms"] and res.changed == []
             assert live.daemon.managed[pen.hid_id].attach == "hid_bpf"
-            pen.uhid.input(IN_RANGE)
-            pen.uhid.input(OUT_OF_PROX)
+            live.send(pen, IN_RANGE)
+            live.send(pen, OUT_OF_PROX)
             await until(
                 lambda: live.seen(pen, "inject") == [OUT_OF_PROX],
                 "last good policy still deferring",
@@ -144,7 +144,12 @@ def test_hotplug_cycles_leave_no_leaks(tmp_path: Path, uhid_available: None) -> 
                 dev = await live.add(device("macro-key.hid"))
                 assert dev.hid_id in live.daemon.managed
                 await live.remove(dev)
-                await until(lambda: not live.daemon._pending_close, "device closed")
+                try:
+                    await until(lambda: not live.daemon._pending_close, "device closed")
+                except AssertionError:
+                    for t in live.daemon._pending_close:
+                        t.print_stack()
+                    raise
 
             await cycle()  # warm up: executor threads, caches
             fds, tasks = open_fds(), len(asyncio.all_tasks())
