@@ -16,7 +16,6 @@ error is counted and the other devices carry on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import time
@@ -32,6 +31,7 @@ log = logging.getLogger(__name__)
 
 IO_TIMEOUT_S = 1.0
 STUCK_S = 10.0
+CLOSE_WAIT_S = 2.0
 QUEUE_MAX = 256
 
 
@@ -139,13 +139,15 @@ class DeviceIO:
     # --- the worker ---
 
     async def _run(self) -> None:
-        try:  # open the node now (off the loop), so the first report is not delayed by it
-            await asyncio.wait_for(asyncio.to_thread(self._ensure_open), self.timeout_s)
-        except (OSError, TimeoutError) as e:
+        # Open the node now, off the loop, so the first report is not delayed by it. asyncio.wait
+        # and not wait_for: cancelling this task must never wait for a thread stuck in the kernel.
+        opening = asyncio.get_running_loop().run_in_executor(None, self._ensure_open)
+        opened, _ = await asyncio.wait({opening}, timeout=self.timeout_s)
+        if opened and opening.exception() is not None:
             log.debug(
                 "%s: opening the report node early failed (%s); will retry on use",
                 self.device.describe(),
-                e,
+                opening.exception(),
             )
         while True:
             op = await self._queue.get()
@@ -219,8 +221,11 @@ class DeviceIO:
         """Stop the worker, close the nodes; pending operations are dropped."""
         self.closed = True
         self._worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._worker
+        done, _ = await asyncio.wait({self._worker}, timeout=CLOSE_WAIT_S)
+        if not done:
+            log.warning(
+                "%s: I/O worker did not stop within %g s", self.device.describe(), CLOSE_WAIT_S
+            )
         for res in (self._report_io, self.injector):
             if res is not None:
                 try:
