@@ -121,7 +121,7 @@ def _cmd_vm(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from hidbpfd.demo import main as demo_main
 
-    return demo_main(["--replay"] if args.replay else [])
+    return demo_main(["--replay"] if args.replay else ["--live"] if args.live else [])
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -305,7 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_bench)
 
     d = sub.add_parser("demo", help="show the three needs end to end on virtual devices")
-    d.add_argument("--replay", action="store_true", help="virtual time only (no uhid devices)")
+    how_d = d.add_mutually_exclusive_group()
+    how_d.add_argument("--replay", action="store_true", help="virtual time only (no devices)")
+    how_d.add_argument("--live", action="store_true", help="real uhid devices here, or fail")
     d.set_defaults(func=_cmd_demo)
 
     pl = sub.add_parser("policies", help="list the policy types and their keys")
