@@ -77,7 +77,11 @@ class LiveSession:
     """Async context manager: the daemon running, devices created on demand, a trace kept."""
 
     def __init__(
-        self, config_paths: Sequence[str | Path], *, manage_timeout_s: float = 30.0
+        self,
+        config_paths: Sequence[str | Path],
+        *,
+        manage_timeout_s: float = 30.0,
+        sleep_bus: str | None = None,
     ) -> None:
         self.config_paths = list(config_paths)
         self.manage_timeout_s = manage_timeout_s
@@ -89,7 +93,7 @@ class LiveSession:
         self.sent: list[tuple[int, int, bytes]] = []
         """(monotonic ns, capture device index, report) of every report actually sent."""
         self.daemon: Daemon = build_daemon(
-            self.config_paths, observers=[self._observe], sleep_bus=None
+            self.config_paths, observers=[self._observe], sleep_bus=sleep_bus
         )
         self._task: asyncio.Task[int] | None = None
 
