@@ -136,6 +136,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         socket_path=None if args.no_socket else args.socket,
         ring_bytes=args.ring_kib * 1024,
     )
+    d.timer_spin_ns = args.timer_spin_us * 1000
+    try:
+        _realtime_knobs(args)
+    except OSError as e:
+        print(f"hidbpfd run: {e}", file=sys.stderr)
+        return 1
     try:
         return asyncio.run(d.run())
     except (BpfUnavailable, BpfError) as e:
@@ -143,6 +149,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"hidbpfd run: cannot load the BPF programs: {e}. Try: hidbpfd probe", file=sys.stderr
         )
         return 1
+
+
+def _realtime_knobs(args: argparse.Namespace) -> None:
+    """``--cpu``, ``--sched-fifo``, ``--mlockall``: process-wide, before the loop starts."""
+    import ctypes
+    import ctypes.util
+    import os
+
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
+    if args.sched_fifo:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(args.sched_fifo))
+    if args.mlockall:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        mcl_current, mcl_future = 1, 2  # <sys/mman.h>
+        if libc.mlockall(mcl_current | mcl_future) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"mlockall: {os.strerror(err)}")
 
 
 def _control(args: argparse.Namespace, cmd: str) -> dict[str, object] | None:
@@ -205,24 +229,42 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import asyncio
 
-    from hidbpfd.bench import report
-
-    if not args.mechanics:
-        print(
-            "hidbpfd bench: only --mechanics is implemented so far; the uhid scenarios against "
-            "the in-kernel engine are not built yet",
-            file=sys.stderr,
-        )
-        return 2
     from hidbpfd.backends.bpf import BpfUnavailable
     from hidbpfd.backends.libbpf import BpfError
-    from hidbpfd.bench.mechanics import run
+    from hidbpfd.bench import report
 
-    try:
-        results = asyncio.run(run(quick=args.quick, progress=lambda m: print(m, file=sys.stderr)))
-    except (BpfUnavailable, BpfError, FileNotFoundError) as e:
-        print(f"hidbpfd bench: cannot load the BPF programs: {e}", file=sys.stderr)
-        return 1
+    def progress(m: str) -> None:
+        print(m, file=sys.stderr)
+
+    if args.mechanics:
+        from hidbpfd.bench.mechanics import run
+
+        try:
+            results = asyncio.run(run(quick=args.quick, progress=progress))
+        except (BpfUnavailable, BpfError, FileNotFoundError) as e:
+            print(f"hidbpfd bench: cannot load the BPF programs: {e}", file=sys.stderr)
+            return 1
+    else:
+        from hidbpfd.bench import devices
+
+        if args.plot:
+            try:
+                import matplotlib  # noqa: F401
+            except ImportError:
+                print(
+                    "hidbpfd bench --plot: matplotlib is not installed. "
+                    "Try: .venv/bin/pip install -e '.[bench]'",
+                    file=sys.stderr,
+                )
+                return 1
+        try:
+            results = asyncio.run(devices.run(quick=args.quick, progress=progress))
+        except devices.BenchUnavailable as e:
+            print(f"hidbpfd bench: {e}", file=sys.stderr)
+            return 1
+        except (BpfUnavailable, BpfError) as e:
+            print(f"hidbpfd bench: BPF failed: {e}. Try: hidbpfd probe", file=sys.stderr)
+            return 1
     desc, emulated = report.machine()
     print(f"{desc}{' (software emulation: timings not representative)' if emulated else ''}")
     print(report.table(results))
@@ -277,6 +319,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1024,
         help="BPF ring buffer size in KiB (power of 2, default 1024)",
+    )
+    rn.add_argument(
+        "--timer-spin-us",
+        type=int,
+        default=0,
+        metavar="US",
+        help="wake US early for each timer and spin to the deadline (CPU for precision)",
+    )
+    rn.add_argument(
+        "--sched-fifo", type=int, default=0, metavar="PRIO", help="SCHED_FIFO priority (1-99)"
+    )
+    rn.add_argument("--cpu", type=int, default=None, help="pin the daemon to this CPU")
+    rn.add_argument(
+        "--mlockall", action="store_true", help="lock the daemon's memory (no page faults)"
     )
     rn.set_defaults(func=_cmd_run)
 

@@ -14,6 +14,7 @@ import ctypes.util
 import errno
 import logging
 import os
+import time
 from typing import Final
 
 from hidbpfd.scheduler import Scheduler
@@ -78,8 +79,12 @@ class TimerfdDriver:
     scheduler as its ``on_deadline`` callback. :meth:`close` removes the reader and closes the fd.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, spin_ns: int = 0) -> None:
+        """``spin_ns`` > 0 trades CPU for precision: the timerfd fires that much before the
+        deadline and the loop spins on the clock to the deadline itself, hiding the ~150 µs an
+        idle CPU takes to wake up (FACTS.md). Opt-in (``hidbpfd run --timer-spin-us``)."""
         self.loop = loop
+        self.spin_ns = spin_ns
         self.fd = timerfd_create()
         self.scheduler: Scheduler | None = None
         self._armed: int | None = None
@@ -95,7 +100,7 @@ class TimerfdDriver:
         """The scheduler's earliest deadline may have changed: re-arm if it did."""
         if deadline_ns != self._armed and self.fd >= 0:
             self._armed = deadline_ns
-            timerfd_set_abs(self.fd, deadline_ns)
+            timerfd_set_abs(self.fd, None if deadline_ns is None else deadline_ns - self.spin_ns)
 
     def _fire(self) -> None:
         try:
@@ -109,6 +114,11 @@ class TimerfdDriver:
         self.wakeups += 1
         self._armed = None
         if self.scheduler is not None:
+            if self.spin_ns:
+                due = self.scheduler.next_deadline()
+                if due is not None and due - time.monotonic_ns() <= self.spin_ns:
+                    while time.monotonic_ns() < due:  # at most spin_ns
+                        pass
             self.scheduler.run_due()
             self.on_deadline(self.scheduler.next_deadline())
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import resource
 import struct
 import threading
 import time
@@ -43,6 +42,8 @@ CTX_FORMAT: Final = "<QII"
 # struct hidbpfd_bench_sample { __u64 due_ns; __u64 ran_ns; __u32 mode; __u32 seq; };
 SAMPLE_FORMAT: Final = "<QQII"
 MODE_TIMER, MODE_TIMER_WQ, MODE_WQ = 0, 1, 2
+SPIN_NS: Final = 300_000
+EXAMPLE_CONFIG: Final = str(Path(__file__).resolve().parents[2] / "config")
 DEVICE: Final = DeviceId(3, 0x1209, 0xBE00, "bench", hid_id="0003:1209:BE00.7F00")
 REPORT: Final = bytes.fromhex("0101020304050607")
 
@@ -89,11 +90,11 @@ class KernelPrimitives:
 class UserspacePath:
     """The daemon's path: filter → ring buffer → loop → dispatch → policy → action."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, spin_ns: int = 0) -> None:
         self.loop = loop
         self.src = BpfEventSource(self._record, ring_bytes=1 << 22)
         self.src.open()
-        self.driver = TimerfdDriver(loop)
+        self.driver = TimerfdDriver(loop, spin_ns=spin_ns)
         self.lateness: list[float] = []
         self.scheduler = Scheduler(
             MonotonicClock(), self.driver.on_deadline, lambda ns: self.lateness.append(ns / 1000)
@@ -178,6 +179,47 @@ def _drain(up: UserspacePath, k: int) -> float:
     return got / (dt / 1e9) if dt else 0.0
 
 
+def _daemon_start(config: str, runs: int) -> tuple[list[float], list[float]]:
+    """Start ``hidbpfd run`` ``runs`` times with a private NOTIFY_SOCKET: ms to READY=1, and the
+    daemon's RSS (MiB) once ready. Prebuilt BPF objects; the host's devices, if any."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    ready_ms: list[float] = []
+    rss: list[float] = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "notify")
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.bind(path)
+            sock.settimeout(30)
+            env = dict(os.environ, NOTIFY_SOCKET=path)
+            env.pop("WATCHDOG_USEC", None)
+            t0 = time.monotonic()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "hidbpfd", "run", "--config", config, "--no-socket"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                while b"READY=1" not in sock.recv(4096):
+                    pass
+                ready_ms.append((time.monotonic() - t0) * 1000)
+                with open(f"/proc/{proc.pid}/status") as f:
+                    kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+                rss.append(kb / 1024)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
+                sock.close()
+    return ready_ms, rss
+
+
 def _kernel_series(
     kp: KernelPrimitives, mode: int, delay_ns: int, n: int, *, gap_s: float
 ) -> list[float]:
@@ -220,9 +262,13 @@ async def run(
             counts = dict.fromkeys(counts, samples)
         for ms, n in counts.items():
             progress(f"timer_lateness_{ms}ms: {n} samples per engine, interleaved")
-            u, kw, kt = [], [], []
+            u, us, kw, kt = [], [], [], []
             for i in range(n):
+                up.driver.spin_ns = 0
                 u.append(await _timer_lateness(up, ms * 1_000_000))
+                up.driver.spin_ns = SPIN_NS
+                us.append(await _timer_lateness(up, ms * 1_000_000))
+                up.driver.spin_ns = 0
                 kw.append(kp.run_one(MODE_TIMER_WQ, ms * 1_000_000, i))
                 kt.append(kp.run_one(MODE_TIMER, ms * 1_000_000, i))
             results += [
@@ -241,6 +287,14 @@ async def run(
                     "us",
                     kw,
                     "bpf_timer -> bpf_wq callback",
+                ),
+                percentiles(
+                    "mechanics",
+                    "userspace",
+                    f"timer_lateness_{ms}ms_spin",
+                    "us",
+                    us,
+                    f"timerfd {SPIN_NS // 1000} us early, then spin (run --timer-spin-us)",
                 ),
                 percentiles(
                     "mechanics",
@@ -266,17 +320,23 @@ async def run(
                 "decode + dispatch, matched records",
             )
         )
-        rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        results.append(
+        runs = samples or (3 if quick else 5)
+        progress(f"start_to_ready: {runs} starts of hidbpfd run")
+        config = EXAMPLE_CONFIG
+        ready_ms, rss = await asyncio.to_thread(_daemon_start, config, runs)
+        results += [
             percentiles(
                 "mechanics",
                 "userspace",
-                "max_rss",
-                "MiB",
-                [rss_kib / 1024],
-                "bench process, BPF objects loaded",
-            )
-        )
+                "start_to_ready",
+                "ms",
+                ready_ms,
+                "hidbpfd run, prebuilt BPF objects",
+            ),
+            percentiles(
+                "mechanics", "userspace", "daemon_rss", "MiB", rss, "hidbpfd run once READY"
+            ),
+        ]
     finally:
         kp.close()
         up.close()

@@ -39,6 +39,11 @@ def test_mechanics_reports_both_engines(tmp_path: Path) -> None:
             r = rows[(engine, metric)]
             assert set(r) >= KEYS and r["scenario"] == "mechanics" and r["unit"] == "us"
             assert r["n"] == 5 and 0 <= r["p50"] <= r["p90"] <= r["p99"] <= r["p999"] <= r["max"]
+    assert rows[("userspace", "timer_lateness_10ms_spin")]["n"] == 5
+    assert (
+        rows[("userspace", "start_to_ready")]["unit"] == "ms"
+        and rows[("userspace", "daemon_rss")]["p50"] > 0
+    )
     drain = rows[("userspace", "drain_rate")]
     assert drain["unit"] == "per_s" and drain["p50"] > 0
     text = report.table(results)
