@@ -131,6 +131,8 @@ class Daemon:
         self.event_latency = Window()
         self.timer_lateness = Window()
         self.started_ns = time.monotonic_ns()
+        self.timer_spin_ns = 0
+        """Opt-in early wake-up + spin for timers (``run --timer-spin-us``), set before run()."""
         self.reloads = 0
         self._status_timer: asyncio.TimerHandle | None = None
         self.sleep_bus = sleep_bus
@@ -151,7 +153,7 @@ class Daemon:
             len({e.file for e in self.config.errors}),
         )
 
-        self.driver = TimerfdDriver(loop)
+        self.driver = TimerfdDriver(loop, spin_ns=self.timer_spin_ns)
         self.scheduler = Scheduler(
             MonotonicClock(), self.driver.on_deadline, self.timer_lateness.add
         )
