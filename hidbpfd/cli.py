@@ -245,7 +245,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             print(f"hidbpfd bench: cannot load the BPF programs: {e}", file=sys.stderr)
             return 1
     else:
-        from hidbpfd.bench import devices
+        import importlib
+
+        try:
+            devices = importlib.import_module("hidbpfd.bench.devices")
+        except ImportError:
+            print(
+                "hidbpfd bench: the device scenarios are not in this build yet; use --mechanics",
+                file=sys.stderr,
+            )
+            return 2
 
         if args.plot:
             try:
