@@ -65,12 +65,13 @@ class Binding:
     policy: Policy[Any]
     file: str
     index: int
+    label: str = field(init=False, compare=False, repr=False)
+    """``50-xppen__deco-pen.toml#0 defer`` (or the policy's ``name``) — for logs and traces;
+    computed once (it is on every action's path)."""
 
-    @property
-    def label(self) -> str:
-        """``50-xppen__deco-pen.toml#0 defer`` (or the policy's ``name``) — for logs and traces."""
+    def __post_init__(self) -> None:
         name = getattr(self.policy, "name", "") or self.policy.TYPE
-        return f"{Path(self.file).name}#{self.index} {name}"
+        object.__setattr__(self, "label", f"{Path(self.file).name}#{self.index} {name}")
 
 
 class Sink(Protocol):
