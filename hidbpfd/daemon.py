@@ -31,6 +31,7 @@ from hidbpfd.backends.sinks import DeviceIO, Injector, ReportIO, RoutingSink
 from hidbpfd.backends.sleep import SleepWatcher
 from hidbpfd.backends.timerfd import TimerfdDriver
 from hidbpfd.backends.udev import HidDevice, HidWatcher
+from hidbpfd.backends.uhid_mirror import is_mirror
 from hidbpfd.clock import MonotonicClock
 from hidbpfd.config import Config, ConfigError, PolicyFile, load
 from hidbpfd.dispatch import Binding, Dispatcher, Observer, Outcome, build_table
@@ -225,6 +226,9 @@ class Daemon:
 
     def _added(self, hd: HidDevice) -> None:
         self.present[hd.id.key] = hd
+        if is_mirror(hd.id):  # our own injection sink for another device: never managed
+            log.debug("%s: a hidbpfd uhid mirror, not managed", hd.id.describe())
+            return
         bindings = self.config.bindings_for(hd.id)
         if not bindings:
             log.debug("%s: no policy file matches", hd.id.describe())

@@ -1,9 +1,20 @@
 """Choosing each managed device's sinks, from what the kernel offers (and logging the choice).
 
-- inject: the in-kernel injector (``hid_bpf_input_report`` through BPF_PROG_RUN), which puts the
-  report into the *same* device so its identity, quirks and settings still apply; where the
-  kernel lacks it, none (logged at start-up for every affected device: ``inject``,
-  ``release-guard`` and re-injection by ``defer`` cannot work there).
+- inject, the first that works, per device:
+
+  1. the **in-kernel injector** (``hid_bpf_input_report`` through BPF_PROG_RUN), which puts the
+     report into the *same* device so its identity, quirks and settings still apply;
+  2. a **uhid mirror** (:mod:`hidbpfd.backends.uhid_mirror`) when ``/dev/uhid`` is usable: a
+     sibling HID device with the same descriptor, fed UHID_INPUT2; the kernel's HID drivers
+     make the evdev events;
+  3. **uinput** (:mod:`hidbpfd.backends.uinput`) when ``/dev/uinput`` is usable: the report is
+     turned into evdev events by our own descriptor parser and mapping;
+  4. none, logged with the reason for each option (``inject``, ``release-guard`` and
+     re-injection by ``defer`` cannot work there).
+
+  "Usable" is what :func:`hidbpfd.probe.probe` says about the node plus our access to it; a
+  sink that then fails to build (no descriptor, uhid refusing, nothing mappable) falls through
+  to the next with its reason. Our own mirrors get no sink (no mirror of a mirror).
 - output / feature: the device's hidraw node (:mod:`hidbpfd.backends.hidraw`).
 """
 
@@ -11,11 +22,19 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import evdev
 
 from hidbpfd.backends.bpf import BpfEventSource
 from hidbpfd.backends.sinks import Injector, ReportIO
 from hidbpfd.backends.udev import HidDevice
+from hidbpfd.backends.uhid import UHID_PATH
+from hidbpfd.backends.uhid_mirror import UhidMirror, is_mirror, read_descriptor
+from hidbpfd.backends.uinput import UINPUT_PATH, EventMapper, UinputInjector
+from hidbpfd.hid_descriptor import DescriptorError, parse
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +56,89 @@ class BpfInjector:
         """Nothing to release."""
 
 
-def injector_factory(source: BpfEventSource) -> Callable[[HidDevice], Injector | None]:
-    """``hd -> Injector | None`` for the daemon."""
+Probe = Callable[[], Mapping[str, Mapping[str, object]]]
+
+
+def _probe() -> Mapping[str, Mapping[str, object]]:
+    from hidbpfd.probe import probe
+
+    return probe(load=False)
+
+
+def _usable(checks: Mapping[str, Mapping[str, object]], key: str, path: str) -> str:
+    """Why the ``key`` node cannot be used ("" if it can)."""
+    check = checks.get(key, {})
+    if not check.get("ok"):
+        return str(check.get("reason", "not probed"))
+    if not os.access(path, os.R_OK | os.W_OK):
+        return f"{path} is not readable and writable by uid {os.geteuid()}"
+    return ""
+
+
+def injector_factory(
+    source: BpfEventSource,
+    *,
+    probe: Probe = _probe,
+    uhid_path: str = UHID_PATH,
+    uinput_path: str = UINPUT_PATH,
+    sys_root: Path = Path("/sys"),
+) -> Callable[[HidDevice], Injector | None]:
+    """``hd -> Injector | None`` for the daemon, called on the loop when it starts managing a
+    device; the order and reasons are in this module's docstring, the choice is logged."""
+
+    def mirror(hd: HidDevice) -> Injector:
+        return UhidMirror(hd.id, read_descriptor(hd, sys_root), uhid_path=uhid_path)
+
+    def uinput(hd: HidDevice) -> Injector:
+        mapper = EventMapper(parse(read_descriptor(hd, sys_root)), hd.id.describe())
+        dev = hd.id
+        return UinputInjector(
+            mapper,
+            name=dev.name or f"{dev.vendor:04x}:{dev.product:04x}",
+            bus=dev.bus,
+            vendor=dev.vendor,
+            product=dev.product,
+            phys=dev.phys,
+            devnode=uinput_path,
+        )
 
     def make(hd: HidDevice) -> Injector | None:
+        dev = hd.id
+        if is_mirror(dev):
+            log.info("%s: this is a hidbpfd uhid mirror; it gets no injection sink", dev.describe())
+            return None
         if source.has_program("hidbpfd_io_input"):
-            return BpfInjector(source, hd.id.kernel_id)
-        log.warning(
-            "%s: no injection sink: %s",
-            hd.id.describe(),
-            source.skipped.get("hidbpfd_io_input", "in-kernel injector not loaded"),
+            return BpfInjector(source, dev.kernel_id)
+        why = [
+            "in-kernel injector: "
+            + source.skipped.get("hidbpfd_io_input", "in-kernel injector not loaded")
+        ]
+        try:
+            checks = probe()
+        except Exception as e:  # a broken probe must not cost the device its management
+            log.exception("%s: probing the kernel failed", dev.describe())
+            checks = {k: {"ok": False, "reason": f"probe failed: {e}"} for k in ("uhid", "uinput")}
+        options: tuple[tuple[str, str, Callable[[HidDevice], Injector]], ...] = (
+            ("uhid", uhid_path, mirror),
+            ("uinput", uinput_path, uinput),
         )
+        for key, path, build in options:
+            reason = _usable(checks, key, path)
+            if not reason:
+                try:
+                    injector = build(hd)
+                except (OSError, ValueError, DescriptorError, evdev.UInputError) as e:
+                    reason = f"{type(e).__name__}: {e}"
+                else:
+                    log.info(
+                        "%s: injecting through %s (not used: %s)",
+                        dev.describe(),
+                        injector.name,
+                        "; ".join(why),
+                    )
+                    return injector
+            why.append(f"{key}: {reason}")
+        log.warning("%s: no injection sink: %s", dev.describe(), "; ".join(why))
         return None
 
     return make
