@@ -16,6 +16,7 @@ PURE = [
     "scheduler.py",
     "dispatch.py",
     "recording.py",
+    "hid_descriptor.py",
     "replay.py",
     *[f"policies/{p.name}" for p in (PKG / "policies").glob("*.py")],
     *[f"config/{p.name}" for p in (PKG / "config").glob("*.py")],
