@@ -226,8 +226,17 @@ def test_100_create_destroy_cycles_leave_no_fds(vendor_device: DeviceFactory) ->
         for _ in range(100):
             async with vendor_device(wait_udev=False) as (dev, node):
                 with HidrawReader(node) as reader:
-                    dev.input(bytes([INPUT_ID, 1, 2, 3, 4]))
-                    await reader.read(timeout_s=5)
+                    # Without waiting for udev the driver may still be probing, and the kernel
+                    # drops input while it does (driver_input_lock): send until one gets through.
+                    for _ in range(40):
+                        dev.input(bytes([INPUT_ID, 1, 2, 3, 4]))
+                        try:
+                            await reader.read(timeout_s=0.25)
+                            break
+                        except TimeoutError:
+                            continue
+                    else:
+                        raise AssertionError("no input report reached hidraw within 10 s")
                 HidrawReportIO(node).close()
         assert open_fds() == before
 
