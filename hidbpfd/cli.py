@@ -245,21 +245,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             print(f"hidbpfd bench: cannot load the BPF programs: {e}", file=sys.stderr)
             return 1
     else:
-        import importlib
-
-        try:
-            devices = importlib.import_module("hidbpfd.bench.devices")
-        except ImportError:
-            print(
-                "hidbpfd bench: the device scenarios are not in this build yet; use --mechanics",
-                file=sys.stderr,
-            )
-            return 2
+        from hidbpfd.bench import devices
 
         if args.plot:
-            try:
-                import matplotlib  # noqa: F401
-            except ImportError:
+            import importlib.util
+
+            if importlib.util.find_spec("matplotlib") is None:
                 print(
                     "hidbpfd bench --plot: matplotlib is not installed. "
                     "Try: .venv/bin/pip install -e '.[bench]'",
@@ -276,10 +267,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             return 1
     desc, emulated = report.machine()
     print(f"{desc}{' (software emulation: timings not representative)' if emulated else ''}")
-    print(report.table(results))
+    print(report.table(results), flush=True)
     if args.json:
         report.write_json(args.json, results)
     if args.plot:
+        from hidbpfd.bench.devices import prepare_plotting
+
+        why = prepare_plotting()
+        if why:
+            print(f"hidbpfd bench --plot: {why}", file=sys.stderr)
+            return 1
         report.plot(args.plot, results)
     return 0
 

@@ -11,6 +11,13 @@ Per managed device: the BPF program is attached to it (HID-BPF if the kernel has
 hold reports; else the tracing fallback, which cannot), its rule table is written to the BPF
 map, its injector and hidraw I/O are set up (:mod:`hidbpfd.backends.sinks`), and the dispatch
 starts serving it. Removal undoes all of it and cancels the device's pending work.
+
+Policy files with ``engine = "kernel"`` are not run here: their device gets the in-kernel
+engine (:mod:`hidbpfd.backends.kernel_engine`, created on first use) instead of the filter and
+the dispatch; the daemon forwards ``added`` / ``resume`` to it and relays its records to the
+observers (``monitor``) and its counters to ``status``. Where the kernel cannot run a file's
+policies the daemon logs why and runs none of them (one device runs one engine: a device that
+also matches userspace files keeps those, and its kernel files are refused).
 """
 
 from __future__ import annotations
@@ -41,6 +48,33 @@ from hidbpfd.scheduler import Scheduler
 from hidbpfd.stats import Window
 
 log = logging.getLogger(__name__)
+
+
+class KernelEngineLike(Protocol):
+    """What the daemon needs of :class:`hidbpfd.backends.kernel_engine.KernelEngine`."""
+
+    def supports(self, bindings: Sequence[Binding]) -> str | None: ...
+    def attach(
+        self, hid_id: int, bindings: Sequence[Binding], *, device: DeviceId | None = None
+    ) -> str: ...
+    def detach(self, hid_id: int) -> None: ...
+    def device_event(self, hid_id: int, what: str) -> None: ...
+    def stats(self, hid_id: int) -> dict[str, int]: ...
+    def add_to_loop(self, loop: asyncio.AbstractEventLoop) -> None: ...
+    def close(self) -> None: ...
+
+
+EngineFactory = Callable[[Observer], KernelEngineLike]
+
+
+@dataclass(slots=True)
+class KernelManaged:
+    """A device whose policies run in the in-kernel engine."""
+
+    hid: HidDevice
+    bindings: list[Binding]
+    files: list[str]
+    attach: str
 
 
 class EventSource(Protocol):
@@ -110,6 +144,7 @@ class Daemon:
         socket_path: str | None = None,
         notifier: Notifier | None = None,
         sleep_bus: str | None = "system",
+        engine_factory: EngineFactory | None = None,
     ) -> None:
         self.config_paths = [str(p) for p in config_paths]
         self._source_factory = source_factory
@@ -138,6 +173,13 @@ class Daemon:
         self._status_timer: asyncio.TimerHandle | None = None
         self.sleep_bus = sleep_bus
         self.sleep: SleepWatcher | None = None
+        self._engine_factory = engine_factory
+        self.engine: KernelEngineLike | None = None
+        self.engine_error = ""
+        self.kernel: dict[str, KernelManaged] = {}
+        """Devices served by the in-kernel engine, by hid id."""
+        self.kernel_refused: dict[str, str] = {}
+        """Devices whose kernel-engine files were refused, and why."""
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -217,6 +259,10 @@ class Daemon:
                 await io.close()
         if self._pending_close:
             await asyncio.gather(*self._pending_close, return_exceptions=True)
+        for key in list(self.kernel):
+            self._detach_kernel(key)
+        if self.engine is not None:
+            self.engine.close()
         self.source.remove_from_loop()
         self.source.close()
         self.driver.close()
@@ -236,6 +282,9 @@ class Daemon:
         self._manage(hd, bindings)
 
     def _manage(self, hd: HidDevice, bindings: Sequence[Binding]) -> None:
+        bindings = self._manage_kernel(hd, bindings)
+        if not bindings:
+            return
         dev = hd.id
         kid = dev.kernel_id
         table, _, _ = build_table(bindings)
@@ -262,6 +311,8 @@ class Daemon:
 
     def _removed(self, hd: HidDevice) -> None:
         self.present.pop(hd.id.key, None)
+        self._detach_kernel(hd.id.key)
+        self.kernel_refused.pop(hd.id.key, None)
         self._let_go(hd.id.key)
 
     def _changed(self, hd: HidDevice) -> None:
@@ -297,6 +348,132 @@ class Daemon:
         """The system resumed: ``resume`` triggers for every managed device."""
         for key in list(self.managed):
             self.dispatch.device_event(self.managed[key].hid.id, "resume")
+        for km in list(self.kernel.values()):
+            try:
+                assert self.engine is not None
+                self.engine.device_event(km.hid.id.kernel_id, "resume")
+            except OSError as e:
+                log.error("%s: in-kernel engine resume trigger: %s", km.hid.id.describe(), e)
+
+    # --- the in-kernel engine ----------------------------------------------------------
+
+    def _split_engines(
+        self, dev: DeviceId, bindings: Sequence[Binding]
+    ) -> tuple[list[Binding], list[Binding], list[str]]:
+        """(kernel-engine bindings, the others, the kernel files' paths) for ``dev``."""
+        kfiles = [f for f in self.config.files_for(dev) if f.engine == "kernel"]
+        kernel = [b for f in kfiles for b in f.bindings]
+        kset = set(kernel)
+        return kernel, [b for b in bindings if b not in kset], [f.path for f in kfiles]
+
+    def _kernel_engine(self) -> KernelEngineLike | None:
+        """The engine, created on first use (None, with :attr:`engine_error`, if it cannot
+        be)."""
+        if self.engine is None and not self.engine_error:
+            if self._engine_factory is None:
+                self.engine_error = "this daemon was built without the in-kernel engine"
+            else:
+                try:
+                    self.engine = self._engine_factory(self._kernel_outcome)
+                    self.engine.add_to_loop(self.loop)
+                except Exception as e:  # a broken engine must not stop the daemon
+                    self.engine_error = f"cannot start the in-kernel engine: {e}"
+        return self.engine
+
+    def _manage_kernel(self, hd: HidDevice, bindings: Sequence[Binding]) -> list[Binding]:
+        """Attach the in-kernel engine for ``hd``'s kernel-engine files (or log why not);
+        returns the bindings left for the userspace path."""
+        dev = hd.id
+        kernel, user, kfiles = self._split_engines(dev, bindings)
+        if not kernel:
+            return user
+        names = ", ".join(Path(f).name for f in kfiles)
+        reason: str | None
+        if user:
+            others = sorted({Path(b.file).name for b in user})
+            reason = (
+                f"the device also matches userspace-engine file(s) {', '.join(others)} and one "
+                'device runs one engine. Try engine = "kernel" in those too, or "userspace" here'
+            )
+        else:
+            engine = self._kernel_engine()
+            reason = self.engine_error if engine is None else engine.supports(kernel)
+        attach = ""
+        if not reason:
+            assert self.engine is not None
+            try:
+                attach = self.engine.attach(dev.kernel_id, kernel, device=dev)
+            except (ValueError, OSError) as e:
+                reason = f"attach failed: {e}"
+        if reason:
+            self.kernel_refused[dev.key] = reason
+            log.error(
+                "%s: %s: in-kernel engine refused, these policies do NOT run: %s",
+                dev.describe(),
+                names,
+                reason,
+                extra=fields(dev, file=kfiles[0]),
+            )
+            return user
+        assert self.engine is not None
+        self.kernel_refused.pop(dev.key, None)
+        self.kernel[dev.key] = KernelManaged(hd, kernel, kfiles, attach)
+        log.info(
+            "%s (%s): %d policies from %s in the kernel: %s",
+            dev.describe(),
+            hd.hidraw,
+            len(kernel),
+            names,
+            attach,
+        )
+        try:
+            self.engine.device_event(dev.kernel_id, "added")
+        except OSError as e:
+            log.error("%s: in-kernel engine added trigger: %s", dev.describe(), e)
+        return user
+
+    def _detach_kernel(self, key: str) -> bool:
+        """Detach the device's in-kernel engine (removal, reload, shutdown); True if it had one."""
+        km = self.kernel.pop(key, None)
+        if km is None or self.engine is None:
+            return False
+        try:
+            self.engine.detach(km.hid.id.kernel_id)
+        except OSError as e:
+            log.debug("%s: engine detach: %s", km.hid.id.describe(), e)
+        log.info("%s: no longer served by the in-kernel engine", km.hid.id.describe())
+        return True
+
+    def _reload_kernel(
+        self, hd: HidDevice, bindings: Sequence[Binding], res: ReloadResult
+    ) -> list[Binding]:
+        """Apply a reload to the device's kernel-engine files: unchanged ones keep running
+        (and their state), changed ones are re-attached fresh. Returns the userspace
+        bindings."""
+        key = hd.id.key
+        kernel, user, _ = self._split_engines(hd.id, bindings)
+        km = self.kernel.get(key)
+        if km is not None and km.bindings == kernel and not user:
+            return user
+        if km is None and not kernel:
+            self.kernel_refused.pop(key, None)
+            return user
+        had = self._detach_kernel(key)
+        self.kernel_refused.pop(key, None)
+        if kernel:
+            self._manage_kernel(hd, bindings)
+        if key in self.kernel and not had:
+            res.added.append(key)
+        elif had and key not in self.kernel and not user:
+            res.removed.append(key)
+        else:
+            res.changed.append(key)
+        return user
+
+    def _kernel_outcome(self, o: Outcome) -> None:
+        """A record of the in-kernel engine, to the dispatch's observers (``monitor``)."""
+        for obs in self.dispatch.observers:
+            obs(o)
 
     # --- events --------------------------------------------------------------------------
 
@@ -370,7 +547,7 @@ class Daemon:
         self.config = merged
         res = ReloadResult(new.errors, [], [], [])
         for key, hd in list(self.present.items()):
-            bindings = merged.bindings_for(hd.id)
+            bindings = self._reload_kernel(hd, merged.bindings_for(hd.id), res)
             m = self.managed.get(key)
             if m is None:
                 if bindings:
@@ -424,8 +601,15 @@ class Daemon:
         seen = sum(s.counters.seen for s in slots)
         injected = sum(s.counters.injected for s in slots)
         errors = sum(s.counters.errors for s in slots)
+        for km in self.kernel.values():
+            st = self.engine.stats(km.hid.id.kernel_id) if self.engine is not None else {}
+            npol += len(km.bindings)
+            seen += st.get("matched", 0)
+            injected += st.get("injected", 0)
+            errors += st.get("errors", 0)
+        managed = len(self.managed.keys() | self.kernel.keys())
         return (
-            f"{len(self.managed)} of {len(self.present)} HID devices managed, {npol} policies; "
+            f"{managed} of {len(self.present)} HID devices managed, {npol} policies; "
             f"{seen} reports heard, {injected} injected, {errors} errors"
         )
 
@@ -443,6 +627,7 @@ class Daemon:
                 "hidraw": hd.hidraw,
                 "managed": key in self.managed,
             }
+            self._kernel_status(key, entry)
             m = self.managed.get(key)
             slot = self.dispatch.slots.get(key)
             if m is not None and slot is not None:
@@ -488,6 +673,46 @@ class Daemon:
             "watchdog_pings": self.notifier.watchdog_pings,
             "summary": self.status_line(),
         }
+
+    def _kernel_status(self, key: str, entry: dict[str, Any]) -> None:
+        """A device's in-kernel engine (or why it was refused), in ``status`` terms."""
+        km = self.kernel.get(key)
+        refused = self.kernel_refused.get(key)
+        if km is not None and self.engine is not None:
+            st = self.engine.stats(km.hid.id.kernel_id)
+            entry.update(
+                managed=True,
+                engine="kernel",
+                files=km.files,
+                policies=[f"{b.label}: {b.policy.describe()}" for b in km.bindings],
+                bpf=km.attach,
+                can_hold=True,
+                inject_sink="in-kernel engine (bpf_wq: hid_bpf_input_report / hw requests)",
+                counters={
+                    "seen": st.get("matched", 0),
+                    "matched": st.get("matched", 0),
+                    "held": st.get("held", 0),
+                    "injected": st.get("injected", 0),
+                    "output": st.get("output", 0),
+                    "feature": st.get("feature", 0),
+                    "errors": st.get("errors", 0),
+                },
+                kernel_stats=st,
+                pending="in kernel",
+            )
+        elif refused is not None:
+            entry["kernel_refused"] = refused
+            if key not in self.managed:
+                entry.update(
+                    managed=True,
+                    engine="kernel",
+                    policies=[],
+                    bpf=f"in-kernel engine REFUSED: {refused}",
+                    can_hold=False,
+                    inject_sink="none",
+                    counters={},
+                    pending=0,
+                )
 
 
 def _for_device(key: str) -> Callable[[Any], bool]:

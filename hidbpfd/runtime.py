@@ -12,6 +12,7 @@ from typing import Any
 
 from hidbpfd.backends.bpf import BpfEventSource
 from hidbpfd.backends.devices import injector_factory, report_io_factory
+from hidbpfd.backends.kernel_engine import KernelEngine
 from hidbpfd.backends.sinks import Injector
 from hidbpfd.backends.udev import HidDevice
 from hidbpfd.daemon import Daemon
@@ -26,7 +27,8 @@ def build_daemon(
     ring_bytes: int = 1 << 20,
     sleep_bus: str | None = "system",
 ) -> Daemon:
-    """The daemon with the real BPF source, in-kernel injector / hidraw sinks and udev."""
+    """The daemon with the real BPF source, in-kernel injector / hidraw sinks and udev, and the
+    in-kernel engine for ``engine = "kernel"`` files (loaded on first use)."""
     sources: list[BpfEventSource] = []
 
     def make_source(cb: Callable[[Any], None]) -> BpfEventSource:
@@ -37,6 +39,9 @@ def build_daemon(
     def make_injector(hd: HidDevice) -> Injector | None:
         return injector_factory(sources[0])(hd)
 
+    def make_engine(on_outcome: Observer) -> KernelEngine:
+        return KernelEngine(on_outcome)
+
     return Daemon(
         config_paths,
         make_source,
@@ -45,4 +50,5 @@ def build_daemon(
         socket_path=socket_path,
         observers=observers,
         sleep_bus=sleep_bus,
+        engine_factory=make_engine,
     )
