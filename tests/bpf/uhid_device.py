@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Final
 
+from hidbpfd.backends.uhid import _udev_done, _udev_running
+
 # include/uapi/linux/uhid.h
 UHID_DESTROY: Final = 1
 UHID_START: Final = 2
@@ -91,7 +93,14 @@ class UhidDevice:
         while time.monotonic() < deadline:
             self.events(0.05)  # START / OPEN
             for dev in sorted(Path("/sys/bus/hid/devices").glob(pattern)):
-                if (dev / "hidraw").is_dir() and any((dev / "hidraw").iterdir()):
+                nodes = list((dev / "hidraw").iterdir()) if (dev / "hidraw").is_dir() else []
+                # the /dev node must exist, and udev must be done with it: by then the driver's
+                # probe is over (the kernel drops input while it runs)
+                if (
+                    nodes
+                    and (Path("/dev") / nodes[0].name).exists()
+                    and (not _udev_running() or _udev_done(nodes[0]))
+                ):
                     return dev
         raise TimeoutError(f"uhid device {pattern} did not appear")
 
