@@ -39,7 +39,9 @@ KFUNCS: Final = (
 )
 TRACE_TARGET: Final = "hid_report_raw_event"
 """Where the tracing fallback hooks: every transport's reports pass there."""
-FUNCS: Final = (*KFUNCS, "bpf_wq_init", TRACE_TARGET)
+WQ_CALLBACK: Final = "bpf_wq_set_callback"
+"""The bpf_wq callback kfunc since Linux 7.0; before, ``bpf_wq_set_callback_impl``."""
+FUNCS: Final = (*KFUNCS, "bpf_wq_init", WQ_CALLBACK, WQ_CALLBACK + "_impl", TRACE_TARGET)
 STRUCTS: Final = ("hid_bpf_ops", "bpf_struct_ops_hid_bpf_ops", "bpf_wq", "hid_device")
 
 Check = dict[str, object]
@@ -80,6 +82,14 @@ class KernelBtf:
     def has_kfuncs(self, *names: str) -> bool:
         """All of ``names`` exist (as BTF functions; the kernel lists kfuncs there)."""
         return all(n in self.funcs for n in names)
+
+    def wq_build(self, obj: Path) -> Path:
+        """The build of ``obj`` (a source using ``wq_compat.h``) for this kernel's bpf_wq
+        callback kfunc: ``X.bpf.o`` for ``bpf_wq_set_callback`` (7.0+), ``X.wq_impl.bpf.o``
+        for the older ``bpf_wq_set_callback_impl``."""
+        if WQ_CALLBACK not in self.funcs and WQ_CALLBACK + "_impl" in self.funcs:
+            return obj.with_name(obj.name.removesuffix(".bpf.o") + ".wq_impl.bpf.o")
+        return obj
 
 
 @functools.cache

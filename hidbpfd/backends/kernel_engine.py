@@ -143,9 +143,9 @@ KFUNCS: Final = (
     "hid_bpf_hw_request",
     "bpf_wq_init",
     "bpf_wq_start",
-    "bpf_wq_set_callback",
 )
-"""What engine.bpf.c calls beyond the base helpers (bpf_timer, bpf_spin_lock, ringbuf)."""
+"""What engine.bpf.c calls beyond the base helpers (bpf_timer, bpf_spin_lock, ringbuf), and
+one of the two bpf_wq callback kfuncs (wq_compat.h; the build matching the kernel is loaded)."""
 
 TIMER_KEYS: Final[dict[int, str]] = {
     TYPE_DEFER: "release",
@@ -399,14 +399,14 @@ def kernel_reason(obj_path: Path = ENGINE_OBJECT) -> str | None:
     """Why this kernel (or this build) cannot run the engine, or None."""
     from hidbpfd import probe
 
-    if not obj_path.exists():
-        return f"{obj_path} not built. Try: python -m hidbpfd.bpf.build"
     try:
         btf = probe.kernel_btf()
     except lb.BpfError as e:
         return f"cannot read the kernel's BTF: {e}"
     if not btf.ok:
         return btf.reason
+    if not (built := btf.wq_build(obj_path)).exists():
+        return f"{built} not built. Try: python -m hidbpfd.bpf.build"
     if not btf.hid_bpf:
         return "this kernel has no HID-BPF (struct hid_bpf_ops; CONFIG_HID_BPF, Linux 6.11+)"
     if (btf.device_event_arity or 0) < 3:
@@ -419,6 +419,8 @@ def kernel_reason(obj_path: Path = ENGINE_OBJECT) -> str | None:
     except lb.BpfError as e:
         return f"cannot read the kernel's BTF: {e}"
     missing = [k for k in KFUNCS if k not in have]
+    if not btf.funcs & {probe.WQ_CALLBACK, probe.WQ_CALLBACK + "_impl"}:
+        missing.append(probe.WQ_CALLBACK)
     if missing:
         return f"kfunc(s) {', '.join(missing)} not in this kernel's BTF"
     return None
@@ -489,7 +491,10 @@ class KernelEngine:
         dev = device or DeviceId(0, 0, 0, hid_id=f"0000:0000:0000.{hid_id:04X}")
         config = encode_config(hid_id, bindings)
         # struct hid_bpf_ops { int hid_id; ... }: set in the image before open (libbpf 1.1)
-        image = lb.elf_patch(self.obj_path.read_bytes(), "engine_ops", 0, struct.pack("<i", hid_id))
+        from hidbpfd import probe
+
+        built = probe.kernel_btf().wq_build(self.obj_path)
+        image = lb.elf_patch(built.read_bytes(), "engine_ops", 0, struct.pack("<i", hid_id))
         obj = lb.BpfObject.open_mem(image)
         link: lb.Link | None = None
         try:

@@ -539,8 +539,10 @@ async def _unmatched(
         if bd.note:
             continue
         c0 = proc_counters(d.pid)
+        t0 = time.monotonic()
         await asyncio.sleep(p.load_s)
         idle = proc_counters(d.pid) - c0
+        idle_s = time.monotonic() - t0
         prog = EVENT_PROGRAMS[bd.engine]
         b0 = stats.totals(prog) if stats else (0, 0)
         c1 = proc_counters(d.pid)
@@ -548,12 +550,12 @@ async def _unmatched(
         busy = proc_counters(d.pid) - c1
         b1 = stats.totals(prog) if stats else (0, 0)
         bd.add("unmatched", "sent_rate", sent / elapsed)
-        bd.add("unmatched", "daemon_wakeups", busy.wakeups)
-        bd.add("unmatched", "daemon_wakeups_idle", idle.wakeups)
-        bd.add("unmatched", "daemon_cpu_ms", busy.cpu_ns / 1e6)
-        bd.add("unmatched", "daemon_cpu_ms_idle", idle.cpu_ns / 1e6)
+        bd.add("unmatched", "daemon_wakeups", busy.wakeups / elapsed)
+        bd.add("unmatched", "daemon_wakeups_idle", idle.wakeups / idle_s)
+        bd.add("unmatched", "daemon_cpu", busy.cpu_ns / (elapsed * 1e9) * 100)
+        bd.add("unmatched", "daemon_cpu_idle", idle.cpu_ns / (idle_s * 1e9) * 100)
         if stats and b1[1] > b0[1]:
-            bd.add("unmatched", "bpf_ns_per_report", (b1[0] - b0[0]) / (b1[1] - b0[1]))
+            bd.add("unmatched", "bpf_run_time", (b1[0] - b0[0]) / (b1[1] - b0[1]) / 1000)
 
 
 async def _handled(d: DaemonProcess, bd: BenchDevice) -> tuple[int, int]:
@@ -574,10 +576,12 @@ async def _throughput(
             continue
         steps: list[tuple[float, int, int, int]] = []
         cpu = ProcCounters(0, 0)
-        handled_total = drops_total = 0
+        handled_total = drops_total = sent_total = 0
+        wall = 0.0
         for rate in p.rates:
             h0, drop0 = await _handled(d, bd)
             c0 = proc_counters(d.pid)
+            t_burst = time.monotonic()
             sent, elapsed = await _stream(bd, rate, p.rate_s, matched)
             deadline = time.monotonic() + 2.0
             while True:
@@ -590,6 +594,8 @@ async def _throughput(
             handled, drops = h1 - h0, drop1 - drop0
             handled_total += handled
             drops_total += drops
+            sent_total += sent
+            wall += time.monotonic() - t_burst
             achieved = sent / elapsed
             # a userspace drop is a report the policies never saw; the kernel engine's ring
             # carries only its monitor records, so its drops cost lines, not actions
@@ -603,10 +609,10 @@ async def _throughput(
         bd.add("throughput", "sustained_rate", sustained(steps))
         bd.add("throughput", "max_sent_rate", steps[-1][0] if steps else 0.0)
         bd.add("throughput", "handled_at_max", steps[-1][2] / max(steps[-1][1], 1) * 100)
-        bd.add("throughput", "ring_drops", drops_total)
+        bd.add("throughput", "ring_drops", drops_total / max(sent_total, 1) * 100)
         if handled_total:
-            bd.add("throughput", "daemon_cpu_us_per_report", cpu.cpu_ns / handled_total / 1000)
-            bd.add("throughput", "daemon_wakeups", cpu.wakeups)
+            bd.add("throughput", "daemon_cpu_per_report", cpu.cpu_ns / handled_total / 1000)
+            bd.add("throughput", "daemon_wakeups", cpu.wakeups / max(wall, 1e-9))
 
 
 UNITS: Final[dict[str, str]] = {
@@ -615,16 +621,16 @@ UNITS: Final[dict[str, str]] = {
     "last_injected": "us",
     "output_received": "us",
     "sent_rate": "per_s",
-    "daemon_wakeups": "count",
-    "daemon_wakeups_idle": "count",
-    "daemon_cpu_ms": "ms",
-    "daemon_cpu_ms_idle": "ms",
-    "bpf_ns_per_report": "ns",
-    "ring_drops": "count",
+    "daemon_wakeups": "per_s",
+    "daemon_wakeups_idle": "per_s",
+    "daemon_cpu": "percent",
+    "daemon_cpu_idle": "percent",
+    "bpf_run_time": "us",
+    "ring_drops": "percent",
     "sustained_rate": "per_s",
     "max_sent_rate": "per_s",
     "handled_at_max": "percent",
-    "daemon_cpu_us_per_report": "us",
+    "daemon_cpu_per_report": "us",
 }
 
 NOTES: Final[dict[str, str]] = {
@@ -632,12 +638,14 @@ NOTES: Final[dict[str, str]] = {
     "first_injected": "hidraw read of the first injected report - trigger written",
     "last_injected": f"the second, {INJECT_WAIT_MS} ms later in the sequence",
     "output_received": "UHID_OUTPUT read - trigger written",
-    "daemon_wakeups": "voluntary context switches of the daemon's threads during the stream",
+    "daemon_wakeups": "voluntary context switches of the daemon's threads per second of stream",
     "daemon_wakeups_idle": "the same, over as long a window without traffic",
-    "bpf_ns_per_report": "the HID-BPF event program's run_time_ns / run_cnt",
+    "daemon_cpu": "daemon CPU time / stream time (percent of one CPU)",
+    "daemon_cpu_idle": "the same, over as long a window without traffic",
+    "bpf_run_time": "the HID-BPF event program's run_time_ns / run_cnt, per report",
     "sustained_rate": "highest rate with every report handled (userspace: no ring drop)",
-    "ring_drops": "summed over the bursts (kernel engine: monitor records, not actions)",
-    "daemon_cpu_us_per_report": "daemon CPU over the bursts / reports handled",
+    "ring_drops": "of the reports sent in the bursts (kernel engine: monitor records, not actions)",
+    "daemon_cpu_per_report": "daemon CPU over the bursts / reports handled",
 }
 
 SCENARIOS: Final = (
@@ -675,9 +683,9 @@ def expected_rows(p: Plan, stats: bool = True) -> list[tuple[str, str]]:
             "sent_rate",
             "daemon_wakeups",
             "daemon_wakeups_idle",
-            "daemon_cpu_ms",
-            "daemon_cpu_ms_idle",
-            *(("bpf_ns_per_report",) if stats else ()),
+            "daemon_cpu",
+            "daemon_cpu_idle",
+            *(("bpf_run_time",) if stats else ()),
         )
     ]
     rows += [
@@ -687,7 +695,7 @@ def expected_rows(p: Plan, stats: bool = True) -> list[tuple[str, str]]:
             "max_sent_rate",
             "handled_at_max",
             "ring_drops",
-            "daemon_cpu_us_per_report",
+            "daemon_cpu_per_report",
             "daemon_wakeups",
         )
     ]

@@ -61,32 +61,46 @@ def percentiles(
     )
 
 
-def machine() -> tuple[str, bool]:
+def machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, bool]:
     """A description of this machine, and whether it is software-emulated (qemu TCG)."""
     cpu = ""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in cpuinfo.read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
     except OSError:
         pass
-    emulated = "QEMU Virtual CPU" in cpu or os.environ.get("HIDBPFD_VM_ACCEL") == "tcg"
+    # qemu names its emulated CPUs "QEMU Virtual CPU ..." or "QEMU TCG CPU ..."
+    emulated = (
+        "QEMU Virtual CPU" in cpu
+        or "QEMU TCG CPU" in cpu
+        or os.environ.get("HIDBPFD_VM_ACCEL") == "tcg"
+    )
     return f"{platform.node()}: Linux {platform.release()}, {cpu}, {os.cpu_count()} CPUs", emulated
 
 
+UNITS = ("us", "per_s", "percent")
+"""The units the fixed JSON shape allows in ``results``."""
+
+
 def to_json(results: Sequence[Result], *, with_samples: bool = False) -> dict[str, Any]:
-    """The fixed JSON shape."""
+    """The fixed JSON shape. Rows in another unit (the daemon's RSS in MiB) go under
+    ``more_results``, in the same row shape, so ``results`` keeps to the fixed units."""
     desc, emulated = machine()
-    rows = []
+    rows: list[dict[str, Any]] = []
+    more: list[dict[str, Any]] = []
     for r in results:
         d = asdict(r)
         if not with_samples:
             d.pop("samples")
         if not d["note"]:
             d.pop("note")
-        rows.append(d)
-    return {"machine": desc, "emulated": emulated, "results": rows}
+        (rows if r.unit in UNITS else more).append(d)
+    doc: dict[str, Any] = {"machine": desc, "emulated": emulated, "results": rows}
+    if more:
+        doc["more_results"] = more
+    return doc
 
 
 def write_json(path: str, results: Sequence[Result]) -> None:

@@ -20,11 +20,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define CLOCK_MONOTONIC 1
 #endif
 
-extern int bpf_wq_init(struct bpf_wq *wq, void *p__map, unsigned int flags) __weak __ksym;
-extern int bpf_wq_start(struct bpf_wq *wq, unsigned int flags) __weak __ksym;
-extern int bpf_wq_set_callback_impl(struct bpf_wq *wq,
-				    int (callback_fn)(void *map, int *key, void *value),
-				    unsigned int flags__k, void *aux__ign) __weak __ksym;
+#include "wq_compat.h"
 
 struct hidbpfd_bench_elem {
 	struct bpf_timer timer;
@@ -109,7 +105,7 @@ int hidbpfd_bench_init(void *ctx)
 	err = bpf_wq_init(&e->wq, &bench_work, 0);
 	if (err && err != -16)
 		return err;
-	return bpf_wq_set_callback_impl(&e->wq, wq_cb, 0, NULL);
+	return hidbpfd_wq_set_callback(&e->wq, wq_cb, 0);
 }
 
 SEC("syscall")

@@ -11,6 +11,8 @@ Run by developers and packagers (never by the daemon, which loads the prebuilt o
    on kernels with and without HID whatever machine built them.
 3. ``clang -O2 -g -target bpf -mcpu=v3`` every ``*.bpf.c`` here into ``*.bpf.o`` next to
    it (package data). ``-mcpu=v3`` for the atomic and/or on the armed mask (Linux 5.12+).
+   Sources using bpf_wq are also built as ``*.wq_impl.bpf.o`` for kernels before 7.0
+   (``wq_compat.h``).
 4. ``llvm-strip -g``: drops the DWARF (650 KB -> 40 KB) and keeps ``.BTF``/``.BTF.ext``,
    which is all libbpf and the verifier use (line info included).
 """
@@ -120,15 +122,28 @@ def build(btf: Path = DEFAULT_BTF, out_dir: Path = SRC_DIR) -> list[Path]:
     log.info("HID types found in %s: %s", btf, " ".join(defines) or "none")
     objects = []
     for src in sorted(SRC_DIR.glob("*.bpf.c")):
-        out = out_dir / (src.name.removesuffix(".c") + ".o")
-        compile_object(src, out, build_dir, defines)
-        strip = shutil.which("llvm-strip")
-        if strip:
-            _run([strip, "-g", str(out)], f"llvm-strip {out.name}")
-        else:
-            log.warning("llvm-strip not found: %s keeps its DWARF (apt install llvm)", out.name)
-        objects.append(out)
+        for suffix, extra in variants(src):
+            out = out_dir / (src.name.removesuffix(".bpf.c") + suffix)
+            compile_object(src, out, build_dir, [*defines, *extra])
+            strip = shutil.which("llvm-strip")
+            if strip:
+                _run([strip, "-g", str(out)], f"llvm-strip {out.name}")
+            else:
+                log.warning("llvm-strip not found: %s keeps its DWARF (apt install llvm)", out.name)
+            objects.append(out)
     return objects
+
+
+WQ_IMPL_SUFFIX: Final = ".wq_impl.bpf.o"
+
+
+def variants(src: Path) -> list[tuple[str, list[str]]]:
+    """(object suffix, extra defines) to build ``src`` as: a source using ``wq_compat.h`` is
+    built once per calling convention of the bpf_wq callback kfunc (see that header)."""
+    out: list[tuple[str, list[str]]] = [(".bpf.o", [])]
+    if '#include "wq_compat.h"' in src.read_text():
+        out.append((WQ_IMPL_SUFFIX, ["-DHIDBPFD_WQ_CALLBACK_IMPL"]))
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,9 +2,9 @@
 /*
  * engine.bpf.c - the in-kernel engine: a device's policies run in HID-BPF, no daemon involved.
  *
- * The same semantics as the Python policies (the modules of hidbpfd/policies, the reference) and the
- * same filter (hidbpfd.filter / hidbpfd_filter()): the device's rule table, its armed mask,
- * then each policy whose rules fired, in order. Where the daemon's dispatch would return
+ * The same semantics as the Python policies (hidbpfd.policies, the reference) and the same
+ * filter (hidbpfd.filter / hidbpfd_filter()): the device's rule table, its armed mask, then
+ * each policy whose rules fired, in order. Where the daemon's dispatch would return
  * actions, the engine does:
  *
  *   Hold                 the struct_ops returns -ECANCELED (the report never reaches readers)
@@ -30,7 +30,8 @@
  * serialises per device (driver_input_lock). Reports the engine injects come back to
  * engine_event with a non-zero `source` and pass untouched. Every step leaves a ring-buffer
  * record (struct engine_record) and counters (struct engine_stats) for `hidbpfd status` and
- * `monitor`; unmatched reports leave nothing and never wake the daemon.
+ * `monitor`; unmatched reports leave nothing and never wake the daemon, and only what the
+ * engine did (a held report, I/O, an error) wakes it (see emit()).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -49,19 +50,7 @@ char LICENSE[] SEC("license") = "GPL";
 #endif
 #define EBUSY 16
 
-extern int bpf_wq_init(struct bpf_wq *wq, void *p__map, unsigned int flags) __weak __ksym;
-extern int bpf_wq_start(struct bpf_wq *wq, unsigned int flags) __weak __ksym;
-/*
- * Linux 7.x: int bpf_wq_set_callback(struct bpf_wq *wq,
- *			int (callback_fn)(void *map, int *key, void *value), unsigned int flags);
- * Its predecessor bpf_wq_set_callback_impl(..., void *aux__ign) changed its last parameter to
- * struct bpf_prog_aux * in 7.x, so no one declaration loads on both (libbpf 1.1 checks the
- * prototype and has no ___flavour names for kfuncs): the daemon requires this one and says
- * so on older kernels.
- */
-extern int bpf_wq_set_callback(struct bpf_wq *wq,
-			       int (callback_fn)(void *map, int *key, void *value),
-			       unsigned int flags) __weak __ksym;
+#include "wq_compat.h"
 
 /* ------------------------------------------------------------------ state and maps */
 
@@ -883,7 +872,7 @@ int engine_init(void *ctx)
 	err = bpf_wq_init(&e->wq, &engine_async, 0);
 	if (err && err != -EBUSY)
 		return err;
-	return bpf_wq_set_callback(&e->wq, engine_wq_cb, 0);
+	return hidbpfd_wq_set_callback(&e->wq, engine_wq_cb, 0);
 }
 
 struct engine_trig {

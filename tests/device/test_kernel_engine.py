@@ -1,9 +1,11 @@
-"""The in-kernel engine against the reference: every capture under tests/captures played in real
-time on uhid devices with the real daemon, once with the example policies as they are
-(userspace) and once with each file switched to ``engine = "kernel"``. Both must give the
-virtual replay's trace (the same kinds and data, in order per kind), the kernel run must really
-have run in the kernel (no userspace slot, kernel counters moving), and its times must be as
-close to the reports-as-sent replay as the userspace daemon's (TOLERANCE_S)."""
+"""The in-kernel engine against the reference: every capture under tests/captures, and synthetic
+ones for the edge cases the captures do not reach (defer's flush and supersede, inject's queued
+sequences, release-guard's re-arm and release_match, reinit's verify failures, retries and
+restarts), played in real time on uhid devices with the real daemon, once with the policies as
+they are (userspace) and once with each file switched to ``engine = "kernel"``. Both must give
+the virtual replay's trace (the same kinds and data, in order per kind), the kernel run must
+really have run in the kernel (no userspace slot, kernel counters moving), and its times must be
+as close to the reports-as-sent replay as the userspace daemon's (TOLERANCE_S)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import pytest
 
 from hidbpfd.config import load
 from hidbpfd.dispatch import Outcome
-from hidbpfd.recording import Recording
+from hidbpfd.recording import RecordedDevice, Recording
 from hidbpfd.recording import load as load_rec
 from hidbpfd.replay import TraceLine, replay
 from hidbpfd.replay_uhid import SETTLE_S
@@ -70,25 +72,7 @@ def kinds(lines: list[TraceLine], kind: str) -> list[str]:
     return [x.data for x in lines if x.kind == kind]
 
 
-KNOWN_DIFFERENCES = {
-    # Seen in the VM on 2026-11-22 (commit of this snapshot): the in-kernel engine misses one
-    # injection in each of these captures (macro-key: the second sequence's last report;
-    # pen-proximity: one re-injection). Open work in issue 6. Not strict: they may be timing-
-    # dependent, and CI must not flip on a lucky run; pytest reports XPASS when they pass.
-    "macro-key": "in-kernel inject sequence loses its last report when a trigger repeats",
-    "pen-proximity": "in-kernel defer misses a re-injection",
-}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(strict=False, reason=KNOWN_DIFFERENCES[n]))
-        if n in KNOWN_DIFFERENCES
-        else n
-        for n in sorted(CAPTURES)
-    ],
-)
+@pytest.mark.parametrize("name", sorted(CAPTURES))
 def test_kernel_engine_trace_equals_userspace(
     name: str, uhid_available: None, tmp_path: Path
 ) -> None:
@@ -113,6 +97,88 @@ def test_kernel_engine_trace_equals_userspace(
     # both engines: the same trace, kind by kind
     for kind in ("pass", "inject", "output", "feature"):
         assert kinds(kern["real"], kind) == kinds(user["real"], kind), kind
+    problems, worst = compare(kern["as_sent"], kern["real"])
+    print(f"{name}: kernel engine {len(kern['real'])} lines, worst {worst * 1000:.1f} ms")
+    assert not problems, "\n".join(problems)
+
+
+# A vendor device: input report 0x10 (3 bytes), output 0x10 (4 bytes), feature 5 (1 byte).
+VENDOR_RDESC = bytes.fromhex(
+    "06 00 ff 09 01 a1 01 85 10 09 02 15 00 26 ff 00 75 08 95 03 81 02 09 03 95 04 91 02"
+    " 85 05 09 04 95 01 b1 02 c0"
+)
+EDGE_CASES: dict[str, tuple[str, list[tuple[int, str]]]] = {
+    # superseded: released, never lost; flush: the held one, then the newcomer
+    "defer-flush-supersede": (
+        'type = "defer"\nmatch = "10 01"\ndelay_ms = 30\ncancel_on = "10 02"\non_cancel = "flush"',
+        [(0, "10010001"), (10, "10010002"), (20, "10030000"), (25, "10020000"), (100, "10010003")],
+    ),
+    # a trigger during a running sequence queues a whole one behind it
+    "inject-queued": (
+        'type = "inject"\nmatch = "10 05"\n'
+        'reports = ["10 0a 00 00", {wait_ms = 20}, "10 0b 00 00"]',
+        [(0, "10050000"), (5, "10050001"), (100, "10050002")],
+    ),
+    # a repeated press re-arms; release_match ends the wait; a bare release does nothing
+    "release-guard-rearm": (
+        'type = "release-guard"\nmatch = "10 07 ??"\nrelease = "10 07 00 00"\n'
+        'release_match = "10 07 00"\ntimeout_ms = 40',
+        [
+            (0, "10070100"),
+            (30, "10070100"),
+            (200, "10070200"),
+            (220, "10070005"),
+            (300, "10070000"),
+        ],
+    ),
+    # verify never matches (the device echoes 05 01): every attempt retried; a new trigger
+    # during a wait restarts the attempt from the first step (waits long enough that the
+    # sender's jitter under emulation cannot move the restart out of the wait)
+    "reinit-retries-restart": (
+        'type = "reinit"\nmatch = "10 ff"\npass_trigger = false\n'
+        'send = [{output = "10 01 02 03 04"}, {wait_ms = 50}, {feature = "05 01"}]\n'
+        'verify = {report_id = 0x05, expect = "05 02"}\nretries = 2',
+        [(0, "10ff0000"), (300, "10ff0001"), (320, "10ff0002"), (700, "10000000")],
+    ),
+}
+
+
+def edge_case(tmp_path: Path, name: str, engine: str) -> tuple[Recording, Path]:
+    policy, events = EDGE_CASES[name]
+    cfg = tmp_path / engine
+    cfg.mkdir()
+    (cfg / "50-1209__b0b0-edge.toml").write_text(
+        f'engine = "{engine}"\n[device]\nvendor = 0x1209\nproduct = 0xb0b0\n\n'
+        f"[[policy]]\n{policy}\n"
+    )
+    dev = RecordedDevice(
+        0,
+        f"hidbpfd edge {name}",
+        f"hidbpfd-edge/{name}",
+        "",
+        3,
+        0x1209,
+        0xB0B0,
+        VENDOR_RDESC,
+        [(ms * 1_000_000, bytes.fromhex(data)) for ms, data in events],
+    )
+    return Recording(name, [dev]), cfg
+
+
+@pytest.mark.parametrize("name", sorted(EDGE_CASES))
+def test_edge_cases_same_in_both_engines(name: str, uhid_available: None, tmp_path: Path) -> None:
+    rec, user_cfg = edge_case(tmp_path, name, "userspace")
+    _, kern_cfg = edge_case(tmp_path, name, "kernel")
+    virtual = list(replay(rec, load([user_cfg])))
+    assert virtual == list(replay(rec, load([kern_cfg])))  # engine does not change semantics
+    user = run(observe(rec, user_cfg), 120)
+    kern = run(observe(rec, kern_cfg), 120)
+    assert kern["kernel"] and not kern["userspace"] and not kern["refused"]
+    for label, r in (("userspace", user), ("kernel", kern)):
+        same, _ = compare(virtual, r["real"])
+        assert not [p for p in same if " at " not in p], f"{label}: kinds/data differ:\n" + (
+            "\n".join(same)
+        )
     problems, worst = compare(kern["as_sent"], kern["real"])
     print(f"{name}: kernel engine {len(kern['real'])} lines, worst {worst * 1000:.1f} ms")
     assert not problems, "\n".join(problems)

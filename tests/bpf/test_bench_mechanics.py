@@ -28,7 +28,9 @@ def test_mechanics_reports_both_engines(tmp_path: Path) -> None:
     report.write_json(str(out), results)
     doc = json.loads(out.read_text())
     assert set(doc) >= {"machine", "emulated", "results"} and isinstance(doc["emulated"], bool)
-    rows = {(r["engine"], r["metric"]): r for r in doc["results"]}
+    assert {r["unit"] for r in doc["results"]} <= {"us", "per_s", "percent"}
+    assert [r["metric"] for r in doc["more_results"]] == ["daemon_rss"]
+    rows = {(r["engine"], r["metric"]): r for r in doc["results"] + doc["more_results"]}
     for metric in (
         "event_to_action",
         "timer_lateness_1ms",
@@ -41,7 +43,7 @@ def test_mechanics_reports_both_engines(tmp_path: Path) -> None:
             assert r["n"] == 5 and 0 <= r["p50"] <= r["p90"] <= r["p99"] <= r["p999"] <= r["max"]
     assert rows[("userspace", "timer_lateness_10ms_spin")]["n"] == 5
     assert (
-        rows[("userspace", "start_to_ready")]["unit"] == "ms"
+        rows[("userspace", "start_to_ready")]["unit"] == "us"
         and rows[("userspace", "daemon_rss")]["p50"] > 0
     )
     drain = rows[("userspace", "drain_rate")]
@@ -54,3 +56,21 @@ def test_percentiles_nearest_rank() -> None:
     r = report.percentiles("s", "userspace", "m", "us", [float(x) for x in range(1, 101)])
     assert (r.n, r.p50, r.p90, r.p99, r.p999, r.max) == (100, 50.0, 90.0, 99.0, 100.0, 100.0)
     assert report.percentiles("s", "kernel", "m", "us", []).n == 0
+
+
+@pytest.mark.parametrize(
+    ("model", "emulated"),
+    [
+        ("QEMU TCG CPU version 2.5+", True),
+        ("QEMU Virtual CPU version 2.5+", True),
+        ("AMD EPYC 7B13", False),
+    ],
+)
+def test_machine_names_software_emulation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str, emulated: bool
+) -> None:
+    monkeypatch.delenv("HIDBPFD_VM_ACCEL", raising=False)
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: {model}\n")
+    desc, emu = report.machine(info)
+    assert model in desc and emu is emulated
