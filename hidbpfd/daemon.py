@@ -41,9 +41,9 @@ from hidbpfd.backends.udev import HidDevice, HidWatcher
 from hidbpfd.backends.uhid_mirror import is_mirror
 from hidbpfd.clock import MonotonicClock
 from hidbpfd.config import Config, ConfigError, PolicyFile, load
-from hidbpfd.dispatch import Binding, Dispatcher, Observer, Outcome, build_table
+from hidbpfd.dispatch import Binding, Dispatcher, Observer, Outcome, RecordRouter, build_table
 from hidbpfd.logs import fields
-from hidbpfd.model import DeviceId, DeviceRule, InputEvent, bus_name
+from hidbpfd.model import DeviceId, DeviceRule, bus_name
 from hidbpfd.scheduler import Scheduler
 from hidbpfd.stats import Window
 
@@ -156,7 +156,6 @@ class Daemon:
         self.managed: dict[str, Managed] = {}
         self.present: dict[str, HidDevice] = {}
         self.by_kid: dict[int, DeviceId] = {}
-        self.unknown_records = 0
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._pending_close: set[asyncio.Task[None]] = set()
@@ -202,9 +201,12 @@ class Daemon:
         )
         self.driver.bind(self.scheduler)
         self.sink = RoutingSink(self._io_error)
-        self.dispatch = Dispatcher(self.scheduler, self.sink, [*self._observers, self._publish])
+        # _publish joins the observers only while a `monitor` client listens: with no
+        # observer the dispatch builds no Outcome per report (the drain's hot path)
+        self.dispatch = Dispatcher(self.scheduler, self.sink, self._observers)
 
-        self.source = self._source_factory(self._on_record)
+        self.router = RecordRouter(self.dispatch, self.by_kid, self.event_latency.add)
+        self.source = self._source_factory(self.router)
         self.source.open()
         self.source.add_to_loop(loop)
 
@@ -477,17 +479,6 @@ class Daemon:
 
     # --- events --------------------------------------------------------------------------
 
-    def _on_record(self, rec: Any) -> None:
-        dev = self.by_kid.get(rec.hid_id)
-        if dev is None:
-            self.unknown_records += 1
-            return
-        self.event_latency.add(time.monotonic_ns() - rec.ts_ns)
-        data = bytes(rec.data[: rec.length])
-        self.dispatch.on_event(
-            InputEvent(dev, rec.ts_ns, data, rec.matched, rec.held, rec.truncated)
-        )
-
     def _io_error(self, device: DeviceId, origin: str, what: str) -> None:
         file = origin.split("#", 1)[0]
         log.error(
@@ -573,7 +564,15 @@ class Daemon:
 
     def _subscribe(self, fn: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
         self._subscribers.append(fn)
-        return lambda: self._subscribers.remove(fn)
+        if self._publish not in self.dispatch.observers:
+            self.dispatch.observers.append(self._publish)
+
+        def unsubscribe() -> None:
+            self._subscribers.remove(fn)
+            if not self._subscribers and self._publish in self.dispatch.observers:
+                self.dispatch.observers.remove(self._publish)
+
+        return unsubscribe
 
     def _publish(self, o: Outcome) -> None:
         if not self._subscribers:
@@ -664,7 +663,7 @@ class Daemon:
             "reloads": self.reloads,
             "devices": devices,
             "ring_drops": drops,
-            "unknown_records": self.unknown_records,
+            "unknown_records": self.router.unknown,
             "latency": {
                 "ring_to_dispatch": self.event_latency.summary(),
                 "timer_lateness": self.timer_lateness.summary(),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -125,11 +126,16 @@ class DeviceSlot:
     bindings: list[Binding]
     uids: list[int]
     states: list[Any]
-    offsets: list[int]
-    masks: list[int]
     table: tuple[DeviceRule, ...]
     can_hold: bool
+    groups: list[tuple[int, int, int]] = field(default_factory=list)
+    """(policy index, offset of its first rule, mask of its rules) per policy, for on_event."""
     counters: Counters = field(default_factory=Counters)
+
+    def set_table(self, bindings: Sequence[Binding]) -> None:
+        """The rule table and match groups of ``bindings``."""
+        self.table, offsets, masks = build_table(bindings)
+        self.groups = [(i, off, m) for i, (off, m) in enumerate(zip(offsets, masks, strict=True))]
 
 
 def build_table(bindings: Sequence[Binding]) -> tuple[tuple[DeviceRule, ...], list[int], list[int]]:
@@ -144,6 +150,54 @@ def build_table(bindings: Sequence[Binding]) -> tuple[tuple[DeviceRule, ...], li
         masks.append(((1 << len(rules)) - 1) << len(table))
         table.extend(DeviceRule(r, group) for r in rules)
     return tuple(table), offsets, masks
+
+
+class EventRecord(Protocol):
+    """What the event source hands over per report (``hidbpfd.backends.bpf.Record``)."""
+
+    @property
+    def hid_id(self) -> int: ...
+    @property
+    def ts_ns(self) -> int: ...
+    @property
+    def matched(self) -> int: ...
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def held(self) -> bool: ...
+    @property
+    def truncated(self) -> bool: ...
+
+
+class RecordRouter:
+    """The daemon's per-record path: a ring-buffer record → its device (by kernel id) → an
+    :class:`InputEvent` for the dispatch; ``latency(ns)`` hears ring → dispatch for each.
+    One object, so ``bench --mechanics`` times exactly the path the daemon runs."""
+
+    __slots__ = ("devices", "dispatch", "latency", "unknown")
+
+    def __init__(
+        self,
+        dispatch: Dispatcher,
+        devices: dict[int, DeviceId],
+        latency: Callable[[int], None] | None = None,
+    ) -> None:
+        self.dispatch = dispatch
+        self.devices = devices
+        self.latency = latency
+        self.unknown = 0
+        """Records of devices we no longer (or not yet) serve."""
+
+    def __call__(self, rec: EventRecord) -> None:
+        dev = self.devices.get(rec.hid_id)
+        if dev is None:
+            self.unknown += 1
+            return
+        if self.latency is not None:
+            self.latency(time.monotonic_ns() - rec.ts_ns)
+        self.dispatch.on_event(
+            InputEvent(dev, rec.ts_ns, rec.data, rec.matched, rec.held, rec.truncated)
+        )
 
 
 class Dispatcher:
@@ -162,7 +216,7 @@ class Dispatcher:
         self.slots: dict[str, DeviceSlot] = {}
         self._uid = itertools.count(1)
         self._gen = itertools.count(1)
-        self._queue: deque[Callable[[], None]] = deque()
+        self._queue: deque[tuple[DeviceSlot, int, int, _Callback, tuple[Any, ...]]] = deque()
         self._busy = False
         self.unknown_events = 0
 
@@ -178,18 +232,16 @@ class Dispatcher:
         """
         if device.key in self.slots:
             self.detach(device)
-        table, offsets, masks = build_table(bindings)
         slot = DeviceSlot(
             device=device,
             generation=next(self._gen),
             bindings=list(bindings),
             uids=[next(self._uid) for _ in bindings],
             states=[b.policy.new_state() for b in bindings],
-            offsets=offsets,
-            masks=masks,
-            table=table,
+            table=(),
             can_hold=can_hold,
         )
+        slot.set_table(bindings)
         self.slots[device.key] = slot
         if not can_hold:
             for b in bindings:
@@ -220,7 +272,7 @@ class Dispatcher:
             states.append(st)
         gone = {uid for uid, _ in kept.values()}
         self.scheduler.cancel_where(lambda k: _key_dev(k) == device.key and _key_uid(k) in gone)
-        old.table, old.offsets, old.masks = build_table(bindings)
+        old.set_table(bindings)
         old.bindings, old.uids, old.states = list(bindings), uids, states
         return old
 
@@ -248,7 +300,7 @@ class Dispatcher:
         if what != "added":
             self._emit(slot, now, what)
         for i in range(len(slot.bindings)):
-            self._call(slot, i, now, lambda p, c: p.on_device(c, what))
+            self._call(slot, i, now, _on_device, (what,))
 
     # --- events, timers, replies ---------------------------------------------------------
 
@@ -261,15 +313,19 @@ class Dispatcher:
         c = slot.counters
         c.seen += 1
         now = event.ts_ns
-        if event.held:
+        held = event.held
+        if held:
             c.held += 1
-        self._emit(slot, now, "hold" if event.held else "pass", event.data)
-        if event.matched:
-            c.matched += 1
-        for i, (off, mask) in enumerate(zip(slot.offsets, slot.masks, strict=True)):
-            fired = (event.matched & mask) >> off
+        if self.observers:
+            self._emit(slot, now, "hold" if held else "pass", event.data)
+        matched = event.matched
+        if not matched:
+            return
+        c.matched += 1
+        for i, off, mask in slot.groups:
+            fired = (matched & mask) >> off
             if fired:
-                self._call(slot, i, now, _on_event(event, fired))
+                self._call(slot, i, now, _on_event, (event, fired))
 
     def _timer(self, dev_key: str, gen: int, i: int, key: str) -> None:
         slot = self.slots.get(dev_key)
@@ -277,7 +333,7 @@ class Dispatcher:
             return
         now = self.scheduler.clock.now_ns()
         self._emit(slot, now, "timer", policy=slot.bindings[i].label, detail=key)
-        self._call(slot, i, now, lambda p, c: p.on_timer(c, key))
+        self._call(slot, i, now, _on_timer, (key,))
 
     def _reply(self, dev_key: str, gen: int, uid: int, reply: FeatureReply) -> None:
         slot = self.slots.get(dev_key)
@@ -286,39 +342,40 @@ class Dispatcher:
         i = slot.uids.index(uid)
         now = self.scheduler.clock.now_ns()
         self._emit(slot, now, "reply", reply.data or b"", slot.bindings[i].label, reply.error)
-        self._call(slot, i, now, lambda p, c: p.on_reply(c, reply))
+        self._call(slot, i, now, _on_reply, (reply,))
 
     # --- running policies and their actions -------------------------------------------------
 
     def _call(
-        self,
-        slot: DeviceSlot,
-        i: int,
-        now: int,
-        fn: Callable[[Policy[Any], Context[Any]], list[Action]],
+        self, slot: DeviceSlot, i: int, now: int, fn: _Callback, args: tuple[Any, ...]
     ) -> None:
-        """Run one policy callback and its actions, never letting one policy's bug escape."""
-
-        def run() -> None:
-            b = slot.bindings[i]
-            try:
-                actions = fn(b.policy, Context(slot.device, now, slot.states[i], slot.can_hold))
-                self._execute(slot, i, now, actions)
-            except Exception as e:
-                slot.counters.errors += 1
-                log.exception("%s: %s raised", slot.device.describe(), b.label)
-                self._emit(slot, now, "error", policy=b.label, detail=f"{type(e).__name__}: {e}")
-
+        """Run one policy callback and its actions; a callback that its own actions cause (a
+        sink calling back, a zero delay) runs after it, in order. The hot path: no closure,
+        one Context per call."""
         if self._busy:
-            self._queue.append(run)
+            self._queue.append((slot, i, now, fn, args))
             return
         self._busy = True
         try:
-            run()
+            self._run(slot, i, now, fn, args)
             while self._queue:
-                self._queue.popleft()()
+                self._run(*self._queue.popleft())
         finally:
             self._busy = False
+
+    def _run(
+        self, slot: DeviceSlot, i: int, now: int, fn: _Callback, args: tuple[Any, ...]
+    ) -> None:
+        """One callback, never letting one policy's bug escape."""
+        b = slot.bindings[i]
+        try:
+            actions = fn(b.policy, Context(slot.device, now, slot.states[i], slot.can_hold), *args)
+            if actions:
+                self._execute(slot, i, now, actions)
+        except Exception as e:
+            slot.counters.errors += 1
+            log.exception("%s: %s raised", slot.device.describe(), b.label)
+            self._emit(slot, now, "error", policy=b.label, detail=f"{type(e).__name__}: {e}")
 
     def _execute(self, slot: DeviceSlot, i: int, now: int, actions: Sequence[Action]) -> None:
         b = slot.bindings[i]
@@ -386,8 +443,24 @@ class Dispatcher:
         return bool(slot) and any(r.rule.flags & RuleFlag.HOLD for r in slot.table)  # type: ignore[union-attr]
 
 
-def _on_event(event: InputEvent, fired: int) -> Callable[[Policy[Any], Context[Any]], list[Action]]:
-    return lambda p, ctx: p.on_event(ctx, event, fired)
+_Callback = Callable[..., list[Action]]
+"""``fn(policy, ctx, *args)``: one of the four below."""
+
+
+def _on_event(p: Policy[Any], ctx: Context[Any], event: InputEvent, fired: int) -> list[Action]:
+    return p.on_event(ctx, event, fired)
+
+
+def _on_timer(p: Policy[Any], ctx: Context[Any], key: str) -> list[Action]:
+    return p.on_timer(ctx, key)
+
+
+def _on_reply(p: Policy[Any], ctx: Context[Any], reply: FeatureReply) -> list[Action]:
+    return p.on_reply(ctx, reply)
+
+
+def _on_device(p: Policy[Any], ctx: Context[Any], what: DeviceEvent) -> list[Action]:
+    return p.on_device(ctx, what)
 
 
 def _key_dev(k: Hashable) -> object:

