@@ -138,16 +138,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from hidbpfd.backends.bpf import BpfUnavailable
     from hidbpfd.backends.libbpf import BpfError
+    from hidbpfd.backends.realtime import apply_realtime
+    from hidbpfd.config.errors import ConfigErrors
+    from hidbpfd.config.settings import DEFAULT_FILE, load_settings
     from hidbpfd.runtime import build_daemon
 
+    try:
+        settings = load_settings(args.settings or DEFAULT_FILE, missing_ok=not args.settings)
+    except ConfigErrors as e:
+        print(f"hidbpfd run: bad settings file:\n{e}", file=sys.stderr)
+        return 1
+    try:
+        settings = settings.override(
+            ring_kib=args.ring_kib,
+            timer_spin_us=args.timer_spin_us,
+            busy_poll=args.busy_poll,
+            sched_fifo=args.sched_fifo,
+            cpu=args.cpu,
+            mlockall=args.mlockall,
+        )
+    except ValueError as e:
+        print(f"hidbpfd run: {e}", file=sys.stderr)
+        return 1
     d = build_daemon(
         args.config,
         socket_path=None if args.no_socket else args.socket,
-        ring_bytes=args.ring_kib * 1024,
+        settings=settings,
     )
-    d.timer_spin_ns = args.timer_spin_us * 1000
     try:
-        _realtime_knobs(args)
+        apply_realtime(settings)
     except OSError as e:
         print(f"hidbpfd run: {e}", file=sys.stderr)
         return 1
@@ -158,24 +177,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"hidbpfd run: cannot load the BPF programs: {e}. Try: hidbpfd probe", file=sys.stderr
         )
         return 1
-
-
-def _realtime_knobs(args: argparse.Namespace) -> None:
-    """``--cpu``, ``--sched-fifo``, ``--mlockall``: process-wide, before the loop starts."""
-    import ctypes
-    import ctypes.util
-    import os
-
-    if args.cpu is not None:
-        os.sched_setaffinity(0, {args.cpu})
-    if args.sched_fifo:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(args.sched_fifo))
-    if args.mlockall:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        mcl_current, mcl_future = 1, 2  # <sys/mman.h>
-        if libc.mlockall(mcl_current | mcl_future) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"mlockall: {os.strerror(err)}")
 
 
 def _control(args: argparse.Namespace, cmd: str) -> dict[str, object] | None:
@@ -330,24 +331,36 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--socket", default=sock, help=f"control socket (default {sock})")
     rn.add_argument("--no-socket", action="store_true", help="no control socket")
     rn.add_argument(
+        "--settings",
+        metavar="FILE",
+        help="the daemon's settings (default /etc/hidbpfd/hidbpfd.toml if it exists); "
+        "the flags below override it",
+    )
+    rn.add_argument(
         "--ring-kib",
         type=int,
-        default=1024,
+        metavar="KIB",
         help="BPF ring buffer size in KiB (power of 2, default 1024)",
     )
     rn.add_argument(
         "--timer-spin-us",
         type=int,
-        default=0,
         metavar="US",
         help="wake US early for each timer and spin to the deadline (CPU for precision)",
     )
     rn.add_argument(
-        "--sched-fifo", type=int, default=0, metavar="PRIO", help="SCHED_FIFO priority (1-99)"
+        "--busy-poll",
+        action="store_true",
+        default=None,
+        help="poll the ring instead of sleeping (one CPU for the idle wake-up)",
     )
-    rn.add_argument("--cpu", type=int, default=None, help="pin the daemon to this CPU")
+    rn.add_argument("--sched-fifo", type=int, metavar="PRIO", help="SCHED_FIFO priority (1-99)")
+    rn.add_argument("--cpu", type=int, help="pin the daemon to this CPU")
     rn.add_argument(
-        "--mlockall", action="store_true", help="lock the daemon's memory (no page faults)"
+        "--mlockall",
+        action="store_true",
+        default=None,
+        help="lock the daemon's memory (no page faults)",
     )
     rn.set_defaults(func=_cmd_run)
 

@@ -23,6 +23,7 @@ also matches userspace files keeps those, and its kernel files are refused).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -41,6 +42,7 @@ from hidbpfd.backends.udev import HidDevice, HidWatcher
 from hidbpfd.backends.uhid_mirror import is_mirror
 from hidbpfd.clock import MonotonicClock
 from hidbpfd.config import Config, ConfigError, PolicyFile, load
+from hidbpfd.config.settings import Settings
 from hidbpfd.dispatch import Binding, Dispatcher, Observer, Outcome, RecordRouter, build_table
 from hidbpfd.logs import fields
 from hidbpfd.model import DeviceId, DeviceRule, bus_name
@@ -83,6 +85,7 @@ class EventSource(Protocol):
     def open(self) -> None: ...
     def add_to_loop(self, loop: asyncio.AbstractEventLoop) -> None: ...
     def remove_from_loop(self) -> None: ...
+    async def busy_poll(self, stop: asyncio.Event) -> None: ...
     def attach_device(self, hid_id: int) -> str: ...
     def detach_device(self, hid_id: int) -> None: ...
     def can_hold(self, hid_id: int) -> bool: ...
@@ -145,7 +148,9 @@ class Daemon:
         notifier: Notifier | None = None,
         sleep_bus: str | None = "system",
         engine_factory: EngineFactory | None = None,
+        settings: Settings | None = None,
     ) -> None:
+        settings = settings or Settings()
         self.config_paths = [str(p) for p in config_paths]
         self._source_factory = source_factory
         self._injector_factory = injector_factory
@@ -166,8 +171,12 @@ class Daemon:
         self.event_latency = Window()
         self.timer_lateness = Window()
         self.started_ns = time.monotonic_ns()
-        self.timer_spin_ns = 0
-        """Opt-in early wake-up + spin for timers (``run --timer-spin-us``), set before run()."""
+        self.timer_spin_ns = settings.timer_spin_us * 1000
+        """Opt-in early wake-up + spin for timers (``timer_spin_us``), set before run()."""
+        self.busy_poll = settings.busy_poll
+        """Poll the ring instead of sleeping (one CPU for the idle wake-up; ``busy_poll``)."""
+        self.knobs = settings.knobs()
+        """The latency knobs that are on (settings file / flags), for the log and status."""
         self.reloads = 0
         self._status_timer: asyncio.TimerHandle | None = None
         self.sleep_bus = sleep_bus
@@ -209,6 +218,7 @@ class Daemon:
         self.source = self._source_factory(self.router)
         self.source.open()
         self.source.add_to_loop(loop)
+        poller = loop.create_task(self.source.busy_poll(self._stop)) if self.busy_poll else None
 
         self.watcher = self._watcher_factory(self._added, self._removed, self._changed)
         self.watcher.start(loop)
@@ -231,10 +241,17 @@ class Daemon:
             self.notifier.start_watchdog(loop)
             self._tick_status()
             log.info(
-                "ready: %d device(s) present, %d managed", len(self.present), len(self.managed)
+                "ready: %d device(s) present, %d managed; latency knobs: %s",
+                len(self.present),
+                len(self.managed),
+                ", ".join(self.knobs) or "none",
             )
             await self._stop.wait()
         finally:
+            if poller is not None:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
             await self._shutdown()
         return 0
 
@@ -661,6 +678,7 @@ class Daemon:
             "files": [f.path for f in self.config.files],
             "config_errors": [str(e) for e in self.config.errors],
             "reloads": self.reloads,
+            "knobs": self.knobs,
             "devices": devices,
             "ring_drops": drops,
             "unknown_records": self.router.unknown,

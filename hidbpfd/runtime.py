@@ -15,6 +15,7 @@ from hidbpfd.backends.devices import injector_factory, report_io_factory
 from hidbpfd.backends.kernel_engine import KernelEngine
 from hidbpfd.backends.sinks import Injector
 from hidbpfd.backends.udev import HidDevice
+from hidbpfd.config.settings import Settings
 from hidbpfd.daemon import Daemon
 from hidbpfd.dispatch import Observer
 
@@ -24,15 +25,16 @@ def build_daemon(
     *,
     socket_path: str | None = None,
     observers: Sequence[Observer] = (),
-    ring_bytes: int = 1 << 20,
     sleep_bus: str | None = "system",
+    settings: Settings | None = None,
 ) -> Daemon:
     """The daemon with the real BPF source, in-kernel injector / hidraw sinks and udev, and the
     in-kernel engine for ``engine = "kernel"`` files (loaded on first use)."""
     sources: list[BpfEventSource] = []
+    ring_kib = (settings or Settings()).ring_kib
 
     def make_source(cb: Callable[[Any], None]) -> BpfEventSource:
-        src = BpfEventSource(cb, ring_bytes=ring_bytes)
+        src = BpfEventSource(cb, ring_bytes=ring_kib * 1024)
         sources.append(src)
         return src
 
@@ -51,4 +53,5 @@ def build_daemon(
         observers=observers,
         sleep_bus=sleep_bus,
         engine_factory=make_engine,
+        settings=settings,
     )

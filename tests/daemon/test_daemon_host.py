@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from hidbpfd.config.settings import Settings
 from tests.daemon.harness import (
     IN_RANGE,
     KBD,
@@ -130,5 +131,34 @@ def test_reload_keeps_pending_work_of_unchanged_policies(tmp_path: Path) -> None
                 lambda: r.got(PEN.key, "inject") == [OUT_OF_PROX],
                 "pending work survived the reload",
             )
+
+    asyncio.run(body())
+
+
+def test_busy_poll_serves_the_ring_without_epoll(tmp_path: Path) -> None:
+    """``--busy-poll``: the ring is drained by the polling task (its epoll reader removed
+    here, so only the poller can deliver), timers still run, and the daemon stops cleanly."""
+
+    async def body() -> None:
+        async with running(tmp_path) as r:
+            r.d.busy_poll = True  # too late for this run: start a poller as run() would
+            poller = asyncio.get_running_loop().create_task(r.src.busy_poll(r.d._stop))
+            r.src.remove_from_loop()
+            r.feed(KBD, bytes.fromhex("01006800"))  # F13: the macro trigger
+            await until(lambda: len(r.got(KBD.key, "inject")) == 2, "macro injected by the poller")
+            r.feed(PEN, OUT_OF_PROX)  # a deferral: the timerfd still fires while polling
+            await until(lambda: r.got(PEN.key, "inject") == [OUT_OF_PROX], "deferred re-inject")
+            r.d.stop()
+            await asyncio.wait_for(poller, 5)
+
+    asyncio.run(body())
+
+
+def test_busy_poll_option_starts_the_poller(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with running(tmp_path, settings=Settings(busy_poll=True)) as r:
+            r.src.remove_from_loop()
+            r.feed(PEN, OUT_OF_PROX)
+            await until(lambda: r.got(PEN.key, "inject") == [OUT_OF_PROX], "deferred re-inject")
 
     asyncio.run(body())

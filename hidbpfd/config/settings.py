@@ -1,0 +1,156 @@
+"""The daemon's own settings: ``/etc/hidbpfd/hidbpfd.toml`` (``run --settings FILE``).
+
+Policies live in per-device files (``devices.d``); this file holds what belongs to the process:
+the ring buffer's size and the latency knobs, all off by default because each one trades
+something (CPU, memory, the scheduler's fairness) for latency::
+
+    [daemon]
+    ring_kib = 1024        # BPF ring buffer, KiB (power of 2)
+    timer_spin_us = 0      # wake this early for each deferred action, then spin to the deadline
+    busy_poll = false      # poll the ring instead of sleeping: one CPU for the idle wake-up
+
+    [realtime]
+    sched_fifo = 0         # SCHED_FIFO priority 1-99 (0: normal scheduling)
+    cpu = 1                # pin to this CPU (absent: any)
+    mlockall = false       # lock the daemon's memory (no page faults on the hot path)
+
+Command-line flags of ``run`` override the file. Errors name the file, the line and the key
+(the same :class:`ConfigError` as policy files); a broken settings file stops ``run`` before it
+starts, since running with half of the operator's settings would be a silent surprise.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Final
+
+from hidbpfd.config.errors import ConfigError, ConfigErrors
+from hidbpfd.config.locate import Locator
+
+DEFAULT_FILE: Final = "/etc/hidbpfd/hidbpfd.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Process-wide settings (see the module docstring for the TOML)."""
+
+    ring_kib: int = 1024
+    timer_spin_us: int = 0
+    busy_poll: bool = False
+    sched_fifo: int = 0
+    cpu: int | None = None
+    mlockall: bool = False
+
+    def override(self, **given: Any) -> Settings:
+        """These settings with the values given on the command line (None: not given);
+        ValueError names the flag whose value is wrong."""
+        kinds = {k: kind for t in _KEYS.values() for k, kind in t.items()}
+        for k, v in given.items():
+            if v is not None and (why := _check(k, v, kinds[k])) is not None:
+                raise ValueError(f"--{k.replace('_', '-')} {v}: {why}")
+        return replace(self, **{k: v for k, v in given.items() if v is not None})
+
+    def knobs(self) -> list[str]:
+        """The latency knobs that are on, for the log and ``status``."""
+        on = []
+        if self.timer_spin_us:
+            on.append(f"timer_spin_us={self.timer_spin_us}")
+        if self.busy_poll:
+            on.append("busy_poll")
+        if self.sched_fifo:
+            on.append(f"sched_fifo={self.sched_fifo}")
+        if self.cpu is not None:
+            on.append(f"cpu={self.cpu}")
+        if self.mlockall:
+            on.append("mlockall")
+        return on
+
+
+_KEYS: Final[dict[str, dict[str, str]]] = {
+    "daemon": {"ring_kib": "int", "timer_spin_us": "int", "busy_poll": "bool"},
+    "realtime": {"sched_fifo": "int", "cpu": "int", "mlockall": "bool"},
+}
+assert {k for t in _KEYS.values() for k in t} == {f.name for f in fields(Settings)}
+
+
+def _check(key: str, v: object, kind: str) -> str | None:
+    """What is wrong with ``v`` for ``key``, or None."""
+    if kind == "bool":
+        return None if isinstance(v, bool) else "must be true or false"
+    if not isinstance(v, int) or isinstance(v, bool):
+        return "must be an integer"
+    if key == "ring_kib" and (v < 4 or v & (v - 1)):
+        return "must be a power of 2, at least 4"
+    if key == "timer_spin_us" and not 0 <= v <= 10_000:
+        return "must be 0-10000"
+    if key == "sched_fifo" and not 0 <= v <= 99:
+        return "must be 0 (off) or a priority 1-99"
+    if key == "cpu" and not 0 <= v < (os.cpu_count() or 1):
+        return f"must be a CPU of this machine (0-{(os.cpu_count() or 1) - 1})"
+    return None
+
+
+def load_settings(path: str | Path, *, missing_ok: bool = False) -> Settings:
+    """Read and validate ``path``; raises :class:`ConfigErrors` listing every problem.
+    ``missing_ok``: a missing file means the defaults (the default path is optional)."""
+    p = Path(path)
+    f = str(p)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if missing_ok:
+            return Settings()
+        raise ConfigErrors(
+            [ConfigError(f, 0, "(file)", "not found", "Create it, or drop --settings")]
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigErrors(
+            [ConfigError(f, 0, "(file)", f"cannot read: {e}", "Check permissions and encoding")]
+        ) from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"\(at line (\d+), column \d+\)", str(e))
+        what = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
+        raise ConfigErrors(
+            [ConfigError(f, int(m.group(1)) if m else 1, "(syntax)", f"invalid TOML: {what}")]
+        ) from None
+    loc = Locator(text)
+    errs: list[ConfigError] = []
+    values: dict[str, Any] = {}
+    for table, body in doc.items():
+        keys = _KEYS.get(table)
+        if keys is None or not isinstance(body, dict):
+            errs.append(
+                ConfigError(
+                    f,
+                    loc.line(table),
+                    table,
+                    f"unknown table {table!r}" if keys is None else "must be a table",
+                    "Use [daemon] and [realtime] only",
+                )
+            )
+            continue
+        for key, v in body.items():
+            full = f"{table}.{key}"
+            if key not in keys:
+                errs.append(
+                    ConfigError(
+                        f,
+                        loc.line(full),
+                        full,
+                        f"unknown key {key!r}",
+                        f"[{table}] takes {', '.join(keys)}",
+                    )
+                )
+            elif (why := _check(key, v, keys[key])) is not None:
+                errs.append(ConfigError(f, loc.line(full), full, f"{v!r} {why}"))
+            else:
+                values[key] = v
+    if errs:
+        raise ConfigErrors(errs)
+    return Settings(**values)
