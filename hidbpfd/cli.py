@@ -247,8 +247,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(m, file=sys.stderr)
 
     if args.mechanics:
+        from hidbpfd.backends.realtime import apply_realtime
         from hidbpfd.bench.mechanics import run
+        from hidbpfd.config.settings import Settings
 
+        try:
+            knobs = Settings().override(
+                sched_fifo=args.sched_fifo, cpu=args.cpu, mlockall=args.mlockall
+            )
+            apply_realtime(knobs)
+        except (ValueError, OSError) as e:
+            print(f"hidbpfd bench: {e}", file=sys.stderr)
+            return 1
+        if knobs.knobs():
+            print(f"real-time knobs: {', '.join(knobs.knobs())}", file=sys.stderr)
         try:
             results = asyncio.run(run(quick=args.quick, progress=progress))
         except (BpfUnavailable, BpfError, FileNotFoundError) as e:
@@ -386,6 +398,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="fewer samples (under two minutes)")
     b.add_argument("--json", metavar="FILE", help="write the results as JSON")
     b.add_argument("--plot", metavar="FILE.png", help="plot the latency distributions")
+    b.add_argument(
+        "--sched-fifo",
+        type=int,
+        metavar="PRIO",
+        help="run the benchmark process as SCHED_FIFO (measures that knob; --mechanics)",
+    )
+    b.add_argument("--cpu", type=int, help="pin the benchmark process to this CPU (--mechanics)")
+    b.add_argument(
+        "--mlockall", action="store_true", default=None, help="lock its memory (--mechanics)"
+    )
     b.set_defaults(func=_cmd_bench)
 
     d = sub.add_parser("demo", help="show the three needs end to end on virtual devices")

@@ -19,6 +19,7 @@ import errno
 import logging
 import re
 import struct
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,8 @@ class Record(NamedTuple):
 
 
 _RECORD: Final = struct.Struct(RECORD_FORMAT)
+BUSY_TURN_NS: Final = 50_000
+"""Busy polling: the longest spin on the ring between two turns of the loop (timers, fds)."""
 
 
 def decode_record(buf: bytes) -> Record:
@@ -461,9 +464,15 @@ class BpfEventSource:
         ring = self._ring
         if ring is None:
             raise BpfUnavailable("BpfEventSource not opened")
+        consume = ring.consume
+        clock = time.monotonic_ns
         while not stop.is_set():
+            # spin on the ring (no syscall: libbpf compares the producer/consumer positions)
+            # for up to BUSY_TURN_NS, then let the loop run its timers and other fds once
+            until = clock() + BUSY_TURN_NS
             try:
-                ring.consume()
+                while not consume() and clock() < until:
+                    pass
             except Exception:
                 log.exception("BPF ring-buffer record handler failed")
             await asyncio.sleep(0)
@@ -483,6 +492,10 @@ class BpfEventSource:
         return sum(struct.unpack(f"<{len(raw) // 8}Q", raw))
 
     # ------------------------------------------------------------------ BPF_PROG_RUN
+
+    def feeder_fd(self) -> int:
+        """The feeder program's fd (for a benchmark's feeding process)."""
+        return self._need().program("hidbpfd_feed").fd
 
     def feed(self, hid_id: int, report: bytes, *, can_hold: bool = True) -> int:
         """Run the kernel filter on ``report`` as if device ``hid_id`` had sent it (tests,

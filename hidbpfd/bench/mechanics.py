@@ -20,14 +20,13 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import struct
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
 from hidbpfd.backends import libbpf as lb
-from hidbpfd.backends.bpf import BpfEventSource, Record
+from hidbpfd.backends.bpf import FEED_FORMAT, BpfEventSource, Record
 from hidbpfd.backends.timerfd import TimerfdDriver
 from hidbpfd.bench.report import Result, percentiles
 from hidbpfd.clock import MonotonicClock
@@ -139,24 +138,52 @@ class UserspacePath:
         self.driver.close()
 
 
-async def _event_to_action(up: UserspacePath, n: int, gap_s: float) -> list[float]:
-    """Feed ``n`` matching reports from a thread, ``gap_s`` apart, while the loop sleeps in
-    epoll; latency = the filter's kernel timestamp -> the dispatch hands over the action."""
+# The feeder runs in a child process, as a device's reports come from outside the daemon: a
+# thread would share the GIL with the loop (and, busy polling, make it sleep on the GIL).
+# It drops the real-time knobs it inherited (a SCHED_FIFO busy poller pinned to its CPU would
+# never let a pinned SCHED_FIFO child run).
+_FEEDER: Final = """
+import ctypes, os, sys, time
+from hidbpfd.backends import libbpf as lb
+os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+os.sched_setaffinity(0, range(os.cpu_count() or 1))
+fd, n, gap = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+ctx = ctypes.create_string_buffer(bytes.fromhex(sys.argv[4]))
+for _ in range(n):
+    time.sleep(gap)
+    lb.prog_test_run(fd, ctx)
+"""
+
+
+async def _event_to_action(
+    up: UserspacePath, n: int, gap_s: float, *, busy_poll: bool = False
+) -> list[float]:
+    """Feed ``n`` matching reports from another process, ``gap_s`` apart, while the loop
+    sleeps in epoll (or busy-polls the ring); latency = the filter's kernel timestamp -> the
+    dispatch hands over the action."""
+    import sys
+
     up.action_latency.clear()
     up.src.add_to_loop(up.loop)
-
-    def feeder() -> None:
-        for _ in range(n):
-            time.sleep(gap_s)
-            up.src.feed(DEVICE.kernel_id, REPORT)
-
-    t = threading.Thread(target=feeder, daemon=True)
-    t.start()
-    async with asyncio.timeout(n * gap_s * 10 + 10):
-        while len(up.action_latency) < n:  # noqa: ASYNC110 - polls a counter the loop fills
-            await asyncio.sleep(0.05)
-    t.join()
-    up.src.remove_from_loop()
+    stop = asyncio.Event()
+    poller = up.loop.create_task(up.src.busy_poll(stop)) if busy_poll else None
+    fd = up.src.feeder_fd()
+    ctx = struct.pack(FEED_FORMAT, DEVICE.kernel_id, len(REPORT), 1, REPORT)
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _FEEDER, str(fd), str(n), str(gap_s), ctx.hex(), pass_fds=(fd,)
+    )
+    try:
+        async with asyncio.timeout(n * gap_s * 10 + 10):
+            while len(up.action_latency) < n:  # noqa: ASYNC110 - polls a counter the loop fills
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        if poller is not None:
+            await poller
+        if child.returncode is None:
+            child.kill()
+        await child.wait()
+        up.src.remove_from_loop()
     return list(up.action_latency)
 
 
@@ -258,6 +285,18 @@ async def run(
                 "mechanics", "kernel", "event_to_action", "us", kern, "bpf_wq_start -> wq callback"
             ),
         ]
+        progress(f"event_to_action_busy_poll: {n_evt} reports, the loop polling the ring")
+        busy = await _event_to_action(up, n_evt, 0.001, busy_poll=True)
+        results.append(
+            percentiles(
+                "mechanics",
+                "userspace",
+                "event_to_action_busy_poll",
+                "us",
+                busy,
+                "run --busy-poll: the loop polls the ring instead of sleeping (one CPU)",
+            )
+        )
         counts = {1: 100, 10: 100, 50: 30} if quick else {1: 300, 10: 300, 50: 100}
         if samples:
             counts = dict.fromkeys(counts, samples)
@@ -306,6 +345,24 @@ async def run(
                     "bpf_timer callback",
                 ),
             ]
+        progress(f"timer_lateness_10ms_busy_poll: {counts[10]} samples, the loop polling")
+        stop = asyncio.Event()
+        poller = loop.create_task(up.src.busy_poll(stop))
+        try:
+            tb = [await _timer_lateness(up, 10_000_000) for _ in range(counts[10])]
+        finally:
+            stop.set()
+            await poller
+        results.append(
+            percentiles(
+                "mechanics",
+                "userspace",
+                "timer_lateness_10ms_busy_poll",
+                "us",
+                tb,
+                "timerfd seen by the busy-polling loop (run --busy-poll)",
+            )
+        )
         reps, k = (5, 10_000) if quick else (11, 20_000)
         if samples:
             reps, k = samples, 2_000

@@ -42,6 +42,8 @@ def test_mechanics_reports_both_engines(tmp_path: Path) -> None:
             assert set(r) >= KEYS and r["scenario"] == "mechanics" and r["unit"] == "us"
             assert r["n"] == 5 and 0 <= r["p50"] <= r["p90"] <= r["p99"] <= r["p999"] <= r["max"]
     assert rows[("userspace", "timer_lateness_10ms_spin")]["n"] == 5
+    assert rows[("userspace", "event_to_action_busy_poll")]["n"] == 5
+    assert rows[("userspace", "timer_lateness_10ms_busy_poll")]["n"] == 5
     assert (
         rows[("userspace", "start_to_ready")]["unit"] == "us"
         and rows[("userspace", "daemon_rss")]["p50"] > 0

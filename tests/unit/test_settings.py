@@ -17,7 +17,7 @@ FULL = """\
 [daemon]
 ring_kib = 4096
 timer_spin_us = 300
-busy_poll = true
+busy_poll = false
 
 [realtime]
 sched_fifo = 10
@@ -36,8 +36,8 @@ def test_every_key(tmp_path: Path) -> None:
     f = tmp_path / "hidbpfd.toml"
     f.write_text(FULL)
     s = load_settings(f)
-    assert s == Settings(4096, 300, True, 10, 0, True)
-    assert s.knobs() == ["timer_spin_us=300", "busy_poll", "sched_fifo=10", "cpu=0", "mlockall"]
+    assert s == Settings(4096, 300, False, 10, 0, True)
+    assert s.knobs() == ["timer_spin_us=300", "sched_fifo=10", "cpu=0", "mlockall"]
     assert Settings().knobs() == []
 
 
@@ -55,6 +55,10 @@ def test_every_key(tmp_path: Path) -> None:
         ("[policy]\nx = 1\n", ":1: policy: unknown table 'policy'"),
         ("daemon = 3\n", ":1: daemon: must be a table"),
         ("[daemon\n", ":1: (syntax): invalid TOML"),
+        (
+            "[daemon]\nbusy_poll = true\n[realtime]\nsched_fifo = 5\n",
+            ":2: daemon.busy_poll: a busy-polling SCHED_FIFO task is throttled",
+        ),
     ],
 )
 def test_errors_name_file_line_key(tmp_path: Path, text: str, where: str) -> None:
@@ -76,8 +80,10 @@ def test_all_errors_at_once(tmp_path: Path) -> None:
 def test_flags_override_the_file(tmp_path: Path) -> None:
     f = tmp_path / "hidbpfd.toml"
     f.write_text(FULL)
-    s = load_settings(f).override(ring_kib=None, timer_spin_us=0, busy_poll=None, cpu=None)
-    assert (s.ring_kib, s.timer_spin_us, s.busy_poll, s.cpu) == (4096, 0, True, 0)
+    s = load_settings(f).override(ring_kib=None, timer_spin_us=0, sched_fifo=0, busy_poll=True)
+    assert (s.ring_kib, s.timer_spin_us, s.busy_poll, s.sched_fifo) == (4096, 0, True, 0)
+    with pytest.raises(ValueError, match="busy_poll with sched_fifo"):
+        load_settings(f).override(busy_poll=True)
     with pytest.raises(ValueError, match="--sched-fifo 200: must be 0"):
         Settings().override(sched_fifo=200)
 
