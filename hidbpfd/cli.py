@@ -18,14 +18,30 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from hidbpfd.config import load
 
     cfg = load(args.paths)
+    errors = list(cfg.errors)
+    kernel_files = [f for f in cfg.files if f.engine == "kernel"]
+    if kernel_files:
+        # what the in-kernel engine would refuse, from the parameters alone (any kernel)
+        from pathlib import Path
+
+        from hidbpfd.backends.kernel_engine import params_reason
+        from hidbpfd.config.errors import ConfigError
+        from hidbpfd.config.locate import Locator
+
+        for f in kernel_files:
+            if why := params_reason(f.bindings):
+                line = Locator(Path(f.path).read_text()).line("engine")
+                errors.append(ConfigError(f.path, line, "engine", f"the kernel cannot run: {why}"))
     for w in cfg.warnings:
         print(w, file=sys.stderr)
-    for e in cfg.errors:
+    for e in errors:
         print(e, file=sys.stderr)
-    if cfg.errors:
-        nbad = len({e.file for e in cfg.errors})
+    bad = {e.file for e in errors}
+    valid = [f for f in cfg.files if f.path not in bad]
+    if errors:
+        nbad = len({e.file for e in errors})
         print(
-            f"{len(cfg.errors)} error(s) in {nbad} file(s); {len(cfg.files)} file(s) valid",
+            f"{len(errors)} error(s) in {nbad} file(s); {len(valid)} file(s) valid",
             file=sys.stderr,
         )
         return 1

@@ -201,3 +201,18 @@ def test_shipped_examples_are_valid() -> None:
         "release-guard",
         "reinit",
     }
+
+
+def test_check_names_what_the_kernel_engine_would_refuse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = "[[policy]]\ntype = 'inject'\nmatch = '01 68'\nreports = ['01 00 06 00']\n"
+    ok = tmp_path / "10-1234__5678-kernel.toml"
+    ok.write_text("engine = 'kernel'\n" + DEV + policy)
+    assert main(["check", str(ok)]) == 0
+    too_many = tmp_path / "20-1234__5679-kernel.toml"
+    too_many.write_text("\nengine = 'kernel'\n" + DEV + "product = 0x0001\n" + policy * 9)
+    assert main(["check", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{too_many}:2: engine: the kernel cannot run: 9 policies for one device" in err
+    assert "1 error(s) in 1 file(s); 1 file(s) valid" in err
