@@ -3,20 +3,28 @@
 The daemon then runs every ``reinit`` policy that asks for ``on = ["resume"]`` — the class of bug
 where a device loses its settings across suspend. Only signals from the bus name
 ``org.freedesktop.login1`` count (the match rule names the sender, so the bus daemon filters).
-dbus-fast's asyncio bus: its socket is on the daemon's loop like every other fd.
+The connection is sd-bus from the system's ``libsystemd.so.0`` (:mod:`hidbpfd.backends.sdbus`):
+its socket is on the daemon's loop like every other fd, and nothing in it blocks the loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
+
+from hidbpfd.backends.sdbus import Bus, Message, SdBusError
 
 log = logging.getLogger(__name__)
 
 LOGIN1: Final = "org.freedesktop.login1"
+LOGIN1_PATH: Final = "/org/freedesktop/login1"
 MANAGER: Final = "org.freedesktop.login1.Manager"
-MATCH: Final = f"type='signal',sender='{LOGIN1}',interface='{MANAGER}',member='PrepareForSleep'"
+# the match rule sd-bus sends with AddMatch: type='signal',sender='org.freedesktop.login1',
+# path='/org/freedesktop/login1',interface='org.freedesktop.login1.Manager',member='PrepareForSleep'
+# connect + authenticate + AddMatch's reply; READY waits for it, so a hung bus costs this much
+SUBSCRIBE_TIMEOUT_S: Final = 10.0
 
 
 class SleepWatcher:
@@ -36,46 +44,56 @@ class SleepWatcher:
         self.on_resume = on_resume
         self.on_suspend = on_suspend
         self.bus_address = bus_address
-        self.bus: Any = None
+        self.bus: Bus | None = None
         self.resumes = 0
 
     async def start(self) -> bool:
         """Connect and subscribe; False (logged) when there is no usable system bus."""
+        loop = asyncio.get_running_loop()
+        subscribed: asyncio.Future[None] = loop.create_future()
+        bus: Bus | None = None
+
+        def installed(err: SdBusError | None) -> None:
+            if not subscribed.done():
+                if err is None:
+                    subscribed.set_result(None)
+                else:
+                    subscribed.set_exception(err)
+
+        def failed(err: SdBusError) -> None:
+            if not subscribed.done():
+                subscribed.set_exception(err)
+                return
+            log.warning("system bus lost (%s): no re-initialisation after resume", err)
+            if bus is not None:
+                bus.close()
+            self.bus = None
+
         try:
-            from dbus_fast import BusType, Message
-            from dbus_fast.aio import MessageBus
-        except ImportError:
-            log.warning("dbus-fast is not installed: no re-initialisation after resume")
-            return False
-        try:
-            if self.bus_address:
-                bus = MessageBus(bus_address=self.bus_address)
-            else:
-                bus = MessageBus(bus_type=BusType.SYSTEM)
-            await bus.connect()
-            reply = await bus.call(
-                Message(
-                    destination="org.freedesktop.DBus",
-                    path="/org/freedesktop/DBus",
-                    interface="org.freedesktop.DBus",
-                    member="AddMatch",
-                    signature="s",
-                    body=[MATCH],
-                )
+            bus = Bus.open(self.bus_address)
+            bus.match_signal(
+                LOGIN1, LOGIN1_PATH, MANAGER, "PrepareForSleep", self._signal, installed
             )
-            if reply is None or reply.message_type.name == "ERROR":
-                raise OSError(f"AddMatch refused: {reply.body if reply else 'no reply'}")
-        except (OSError, ValueError, Exception) as e:  # dbus-fast raises its own error types
-            log.warning("no system bus (%s): no re-initialisation after resume", e)
+            bus.add_to_loop(loop, failed)
+            async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
+                await subscribed
+        except (OSError, TimeoutError) as e:
+            why = str(e)
+            if isinstance(e, TimeoutError):
+                why = f"no answer to AddMatch within {SUBSCRIBE_TIMEOUT_S:g} s"
+            log.warning("no system bus (%s): no re-initialisation after resume", why)
+            if bus is not None:
+                bus.close()
             return False
-        bus.add_message_handler(self._message)
+        if bus.closed:  # lost between AddMatch's answer and here (logged by failed)
+            return False
         self.bus = bus
         return True
 
-    def _message(self, msg: Any) -> None:
-        if msg.member != "PrepareForSleep" or msg.interface != MANAGER or not msg.body:
-            return
-        if msg.body[0]:
+    def _signal(self, msg: Message) -> None:
+        """Called by sd-bus (inside the loop's processing of the bus fd) for each
+        PrepareForSleep that the bus daemon let through: from login1 only."""
+        if msg.read_bool():
             log.info("system is going to sleep")
             if self.on_suspend is not None:
                 self.on_suspend()
@@ -85,7 +103,7 @@ class SleepWatcher:
             self.on_resume()
 
     def stop(self) -> None:
-        """Disconnect (shutdown)."""
+        """Disconnect and free the connection (shutdown); safe twice."""
         if self.bus is not None:
-            self.bus.disconnect()
+            self.bus.close()
             self.bus = None

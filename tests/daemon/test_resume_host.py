@@ -1,20 +1,29 @@
 """Resume re-initialisation through a real (private) D-Bus daemon: logind's
 PrepareForSleep(false) runs the reinit policies with ``on = ["resume"]``; the same signal from
-another sender is ignored."""
+another sender is ignored. The sleep watcher alone (no BPF needed): only login1's signals count,
+and every way of not having a bus (none there, no libsystemd, a hung one, one that goes away)
+is one warning and no resume re-initialisation."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import shutil
+import socket
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from hidbpfd.backends import sdbus, sleep
+from hidbpfd.backends.sdbus import Bus, SdBusError
+from hidbpfd.backends.sleep import LOGIN1, LOGIN1_PATH, MANAGER, SleepWatcher
 from tests.daemon.harness import PEN, VEND, running, until
 
 pytestmark = [
-    pytest.mark.bpf,
     pytest.mark.skipif(shutil.which("dbus-daemon") is None, reason="dbus-daemon not installed"),
 ]
 
@@ -33,27 +42,24 @@ CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuratio
 """
 
 
+def _emit(address: str, start: bool, as_login1: bool) -> None:
+    bus = Bus.open(address)
+    try:
+        if as_login1:
+            bus.request_name(LOGIN1)
+        bus.emit_bool(LOGIN1_PATH, MANAGER, "PrepareForSleep", start)
+    finally:
+        bus.close(flush=True)  # the signal is written out before the connection goes
+
+
 async def emit_prepare_for_sleep(address: str, start: bool, *, as_login1: bool) -> None:
-    from dbus_fast import Message, MessageType
-    from dbus_fast.aio import MessageBus
-
-    bus = await MessageBus(bus_address=address).connect()
-    if as_login1:
-        await bus.request_name("org.freedesktop.login1")
-    await bus.send(
-        Message(
-            message_type=MessageType.SIGNAL,
-            path="/org/freedesktop/login1",
-            interface="org.freedesktop.login1.Manager",
-            member="PrepareForSleep",
-            signature="b",
-            body=[start],
-        )
-    )
-    await asyncio.sleep(0)  # let the write go out before disconnecting
-    bus.disconnect()
+    """Send PrepareForSleep(start) on the bus at ``address``, from a connection owning
+    org.freedesktop.login1 or (an impostor) owning nothing; sd-bus's blocking calls run in a
+    thread so the loop (and the daemon on it) keeps going."""
+    await asyncio.to_thread(_emit, address, start, as_login1)
 
 
+@pytest.mark.bpf
 def test_resume_runs_reinit(tmp_path: Path) -> None:
     sock = tmp_path / "bus.sock"
     (tmp_path / "bus.conf").write_text(CONF.format(path=sock))
@@ -78,3 +84,129 @@ def test_resume_runs_reinit(tmp_path: Path) -> None:
     finally:
         bus.terminate()
         bus.wait(5)
+
+
+@pytest.fixture
+def private_bus(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A private dbus-daemon: its address and its process (to stop it early)."""
+    sock = tmp_path / "bus.sock"
+    (tmp_path / "bus.conf").write_text(CONF.format(path=sock))
+    proc = subprocess.Popen(["dbus-daemon", "--nofork", f"--config-file={tmp_path / 'bus.conf'}"])
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            assert time.monotonic() < deadline, "private bus did not come up"
+            time.sleep(0.01)
+        yield f"unix:path={sock}", proc
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def no_bus_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "no re-initialisation after resume" in r.getMessage()
+    ]
+
+
+def test_watcher_counts_login1_only(private_bus: tuple[str, subprocess.Popen[bytes]]) -> None:
+    address, _ = private_bus
+    seen: list[str] = []
+
+    async def body() -> None:
+        w = SleepWatcher(
+            lambda: seen.append("resume"), lambda: seen.append("suspend"), bus_address=address
+        )
+        assert await w.start()
+        try:
+            await emit_prepare_for_sleep(address, True, as_login1=False)  # impostors first:
+            await emit_prepare_for_sleep(address, False, as_login1=False)  # delivered first
+            await emit_prepare_for_sleep(address, True, as_login1=True)
+            await emit_prepare_for_sleep(address, False, as_login1=True)
+            await until(lambda: len(seen) >= 2, "login1's suspend and resume")
+            assert seen == ["suspend", "resume"], "an impostor's signal was not ignored"
+            assert w.resumes == 1
+        finally:
+            w.stop()
+        assert w.bus is None
+        w.stop()  # twice is fine
+        await emit_prepare_for_sleep(address, False, as_login1=True)  # nobody listens
+        await asyncio.sleep(0.05)
+        assert w.resumes == 1
+
+    asyncio.run(body())
+
+
+def test_watcher_without_bus(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    w = SleepWatcher(lambda: None, bus_address=f"unix:path={tmp_path / 'none.sock'}")
+    assert asyncio.run(w.start()) is False
+    assert w.bus is None
+    [msg] = no_bus_warnings(caplog)
+    assert msg.startswith("no system bus (sd_bus_start: No such file or directory")
+
+
+def test_watcher_without_libsystemd(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(SdBusError, match=re.escape("dlopen libsystemd-none.so.0")):
+        sdbus.Libsystemd("libsystemd-none.so.0")
+
+    def missing() -> sdbus.Libsystemd:
+        return sdbus.Libsystemd("libsystemd-none.so.0")
+
+    monkeypatch.setattr(sdbus, "libsystemd", missing)
+    w = SleepWatcher(lambda: None, bus_address="unix:path=/nonexistent")
+    assert asyncio.run(w.start()) is False
+    [msg] = no_bus_warnings(caplog)
+    assert "dlopen libsystemd-none.so.0" in msg
+
+
+def test_watcher_hung_bus_does_not_stall_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bus that accepts the connection and never answers: start() gives up after its timeout,
+    and the loop kept running meanwhile."""
+    monkeypatch.setattr(sleep, "SUBSCRIBE_TIMEOUT_S", 0.3)
+    path = tmp_path / "hung.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as srv:
+        srv.bind(str(path))
+        srv.listen()
+
+        async def body() -> int:
+            ticks = 0
+
+            async def tick() -> None:
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await asyncio.sleep(0.01)
+
+            async with asyncio.TaskGroup() as tg:
+                t = tg.create_task(tick())
+                w = SleepWatcher(lambda: None, bus_address=f"unix:path={path}")
+                assert await w.start() is False
+                t.cancel()
+            return ticks
+
+        ticks = asyncio.run(body())
+    assert ticks >= 10, "the loop was stalled while connecting"
+    [msg] = no_bus_warnings(caplog)
+    assert "no answer to AddMatch within 0.3 s" in msg
+
+
+def test_watcher_bus_lost(
+    private_bus: tuple[str, subprocess.Popen[bytes]], caplog: pytest.LogCaptureFixture
+) -> None:
+    address, proc = private_bus
+
+    async def body() -> None:
+        w = SleepWatcher(lambda: None, bus_address=address)
+        assert await w.start()
+        proc.terminate()
+        await until(lambda: w.bus is None, "the lost bus closed", 10)
+
+    asyncio.run(body())
+    [msg] = no_bus_warnings(caplog)
+    assert msg.startswith("system bus lost (")
