@@ -132,6 +132,9 @@ def table(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
+PLOT_MIN_SAMPLES = 10
+
+
 def plot(path: str, results: Sequence[Result]) -> None:
     """``--plot FILE.png``: latency distributions of both engines per metric (matplotlib)."""
     import matplotlib
@@ -139,7 +142,8 @@ def plot(path: str, results: Sequence[Result]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lat = [r for r in results if r.unit == "us" and r.samples]
+    # distributions only: single-value rows (a CPU cost per report) are in the table
+    lat = [r for r in results if r.unit == "us" and len(r.samples) >= PLOT_MIN_SAMPLES]
     metrics = list(dict.fromkeys((r.scenario, r.metric) for r in lat))
     if not metrics:
         return
