@@ -345,10 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("recording", metavar="RECORDING")
     r.set_defaults(func=_cmd_replay)
 
-    from hidbpfd.backends.control import default_socket_path
     from hidbpfd.config import DEFAULT_DIR
 
-    sock = default_socket_path()
+    # resolved when used (hidbpfd.backends.control pulls in asyncio, which run keeps light)
+    sock = "$RUNTIME_DIRECTORY/control.sock, else /run/hidbpfd/control.sock"
     rn = sub.add_parser("run", help="run the daemon")
     rn.add_argument(
         "--config",
@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help=f"policy directory or file (default {DEFAULT_DIR}); repeatable",
     )
-    rn.add_argument("--socket", default=sock, help=f"control socket (default {sock})")
+    rn.add_argument("--socket", help=f"control socket (default {sock})")
     rn.add_argument("--no-socket", action="store_true", help="no control socket")
     rn.add_argument(
         "--settings",
@@ -402,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     ):
         c2 = sub.add_parser(name, help=text)
-        c2.add_argument("--socket", default=sock, help=f"control socket (default {sock})")
+        c2.add_argument("--socket", help=f"control socket (default {sock})")
         if name != "reload":
             c2.add_argument("--json", action="store_true", help="JSON instead of text")
         c2.set_defaults(func=fn)
@@ -455,6 +455,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.cmd = raw[raw.index("vm") + 1 :]
     else:
         args = build_parser().parse_args(raw)
+    if getattr(args, "func", None) is _cmd_run:
+        _without_tls()  # before anything pulls in asyncio
+    if hasattr(args, "socket") and not args.socket:
+        from hidbpfd.backends.control import default_socket_path
+
+        args.socket = default_socket_path()
     if getattr(args, "func", None) is _cmd_run and not args.config:
         from hidbpfd.config import DEFAULT_DIR
 

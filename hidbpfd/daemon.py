@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hidbpfd.backends.control import ControlServer
+from hidbpfd.backends.libbpf import release_heap
 from hidbpfd.backends.notify import Notifier
 from hidbpfd.backends.sinks import DeviceIO, Injector, ReportIO, RoutingSink
 from hidbpfd.backends.sleep import SleepWatcher
@@ -236,6 +237,7 @@ class Daemon:
                 addr = None if self.sleep_bus == "system" else self.sleep_bus
                 self.sleep = SleepWatcher(self.resumed, bus_address=addr)
                 await self.sleep.start()
+            release_heap()  # start-up's garbage (BTF parsing, module compiles) back to the OS
             self.ready.set()
             self.notifier.ready(self.status_line())
             self.notifier.start_watchdog(loop)

@@ -26,14 +26,11 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import evdev
-
 from hidbpfd.backends.bpf import BpfEventSource
 from hidbpfd.backends.sinks import Injector, ReportIO
 from hidbpfd.backends.udev import HidDevice
 from hidbpfd.backends.uhid import UHID_PATH
 from hidbpfd.backends.uhid_mirror import UhidMirror, is_mirror, read_descriptor
-from hidbpfd.backends.uinput import UINPUT_PATH, EventMapper, UinputInjector
 from hidbpfd.hid_descriptor import DescriptorError, parse
 
 log = logging.getLogger(__name__)
@@ -80,7 +77,7 @@ def injector_factory(
     *,
     probe: Probe = _probe,
     uhid_path: str = UHID_PATH,
-    uinput_path: str = UINPUT_PATH,
+    uinput_path: str = "/dev/uinput",
     sys_root: Path = Path("/sys"),
 ) -> Callable[[HidDevice], Injector | None]:
     """``hd -> Injector | None`` for the daemon, called on the loop when it starts managing a
@@ -90,17 +87,26 @@ def injector_factory(
         return UhidMirror(hd.id, read_descriptor(hd, sys_root), uhid_path=uhid_path)
 
     def uinput(hd: HidDevice) -> Injector:
+        # imported here: python-evdev and the HID->evdev tables cost the daemon ~1.7 MB of
+        # RSS, and most devices never need this sink (the in-kernel injector comes first)
+        import evdev
+
+        from hidbpfd.backends.uinput import EventMapper, UinputInjector
+
         mapper = EventMapper(parse(read_descriptor(hd, sys_root)), hd.id.describe())
         dev = hd.id
-        return UinputInjector(
-            mapper,
-            name=dev.name or f"{dev.vendor:04x}:{dev.product:04x}",
-            bus=dev.bus,
-            vendor=dev.vendor,
-            product=dev.product,
-            phys=dev.phys,
-            devnode=uinput_path,
-        )
+        try:
+            return UinputInjector(
+                mapper,
+                name=dev.name or f"{dev.vendor:04x}:{dev.product:04x}",
+                bus=dev.bus,
+                vendor=dev.vendor,
+                product=dev.product,
+                phys=dev.phys,
+                devnode=uinput_path,
+            )
+        except evdev.UInputError as e:
+            raise OSError(f"uinput refused the device: {e}") from e
 
     def make(hd: HidDevice) -> Injector | None:
         dev = hd.id
@@ -127,7 +133,7 @@ def injector_factory(
             if not reason:
                 try:
                     injector = build(hd)
-                except (OSError, ValueError, DescriptorError, evdev.UInputError) as e:
+                except (OSError, ValueError, DescriptorError) as e:
                     reason = f"{type(e).__name__}: {e}"
                 else:
                     log.info(
