@@ -548,6 +548,16 @@ class UhidDevice:
             self._hid_name = new[0] if new else None
         return self._hid_name
 
+    def kernel_id(self) -> int | None:
+        """``struct hid_device.id`` of our hid device, once the kernel added it; else None.
+
+        The hex after the dot of :meth:`hid_name` (``3`` for ``0006:1234:5678.0003``): how
+        HID-BPF names the device (``hid_bpf_ops.hid_id``, ``hid_bpf_allocate_context``). Called
+        by tests that attach BPF programs to a device they created.
+        """
+        hid = self.hid_name()
+        return None if hid is None else int(hid.rsplit(".", 1)[1], 16)
+
     def hidraw_name(self) -> str | None:
         """``hidrawN`` under our hid device in sysfs, once hidraw has bound; else None."""
         hid = self.hid_name()

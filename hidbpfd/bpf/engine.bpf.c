@@ -36,11 +36,9 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include "hid_compat.h"
-/* hidbpfd.h part 1 only (the rule layout): its part 2 would add the filter's maps here */
-#pragma push_macro("__bpf__")
-#undef __bpf__
+/* hidbpfd.h without its part 3: the engine has its own rule table, armed mask and ring */
+#define HIDBPFD_NO_FILTER
 #include "hidbpfd.h"
-#pragma pop_macro("__bpf__")
 #include "engine.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -421,51 +419,6 @@ static __always_inline __u32 reinit_begin(struct engine_pstate *ps, struct engin
 
 /* ------------------------------------------------------------------ reports */
 
-struct engine_scan {
-	const struct hidbpfd_device_rules *table;
-	__u64 head[HIDBPFD_PATTERN_MAX / 8];	/* the report's first bytes, zero-padded */
-	__u32 len;
-	__u32 armed;		/* the armed mask before this report */
-	__u32 matched;		/* rules that fired */
-	__u32 raw;		/* rules whose pattern matches, armed or not */
-	__u32 disarm;
-	__u32 arm;
-	__u32 hold;
-};
-
-/* bpf_loop() callback: rule i against the report (hidbpfd_scan_rule, plus `raw`). */
-static long engine_scan_rule(__u32 i, void *ctx)
-{
-	struct engine_scan *s = ctx;
-	const struct hidbpfd_rule *r;
-	__u64 diff = 0;
-	__u32 bit;
-	int w;
-
-	if (i >= HIDBPFD_RULES_MAX)
-		return 1;
-	r = &s->table->rules[i];
-	if (s->len < r->len)
-		return 0;
-	for (w = 0; w < HIDBPFD_PATTERN_MAX / 8; w++)
-		diff |= (s->head[w] ^ *(const __u64 *)&r->pattern[8 * w]) &
-			*(const __u64 *)&r->mask[8 * w];
-	if (diff)
-		return 0;
-	s->raw |= 1U << i;
-	bit = 1U << (r->group & (HIDBPFD_RULES_MAX - 1));
-	if ((r->flags & HIDBPFD_RULE_WHEN_ARMED) && !(s->armed & bit))
-		return 0;
-	s->matched |= 1U << i;
-	if (r->flags & HIDBPFD_RULE_WHEN_ARMED)
-		s->disarm |= bit;
-	if (r->flags & HIDBPFD_RULE_ARM)
-		s->arm |= bit;
-	if (r->flags & HIDBPFD_RULE_HOLD)
-		s->hold = 1;
-	return 0;
-}
-
 /* One report, shared with the per-policy bpf_loop() callback. */
 struct engine_ev {
 	struct engine_config *cfg;
@@ -562,50 +515,25 @@ static long engine_on_event(__u32 i, void *ctx)
 /*
  * int (*hid_device_event)(struct hid_bpf_ctx *ctx, enum hid_report_type report_type,
  *			   u64 source);
- * `source` is non-zero for injected reports (ours included): they pass untouched. The daemon
- * only attaches the engine where the kernel has `source` (it refuses otherwise).
+ * Injected reports (ours included) pass untouched: hidbpfd_event_report(). The daemon only
+ * attaches the engine where the kernel has `source` (it refuses otherwise).
  */
 SEC("struct_ops/hid_device_event")
 int engine_event(unsigned long long *ctx)
 {
-	struct hid_bpf_ctx *hctx = (struct hid_bpf_ctx *)ctx[0];
-	enum hid_report_type type = (enum hid_report_type)ctx[1];
-	__u64 source = ctx[2];
-	struct engine_scan s = {};
+	struct hidbpfd_scan s;
 	struct engine_ev c = {};
-	__u32 zero = 0, len, n, count, npol;
-	__s32 size;
+	__u32 zero = 0, len, n, npol;
 	__u8 *data;
 
-	if (source || type != HID_INPUT_REPORT)
-		return 0;
-	size = hctx->size;
-	if (size <= 0 || (__u32)size > hctx->allocated_size)
-		return 0;
-	data = hid_bpf_get_data(hctx, 0, 1);
+	data = hidbpfd_event_report(ctx, 1, &len);
 	if (!data)
 		return 0;
 	c.cfg = bpf_map_lookup_elem(&engine_cfg, &zero);
 	c.st = bpf_map_lookup_elem(&engine_state, &zero);
 	if (!c.cfg || !c.st)
 		return 0;
-	len = size;
-
-	n = len;
-	if (n > HIDBPFD_PATTERN_MAX)
-		n = HIDBPFD_PATTERN_MAX;
-	barrier_var(n);
-	if (n > HIDBPFD_PATTERN_MAX)
-		return 0;
-	if (n && bpf_probe_read_kernel(s.head, n, data))
-		return 0;
-	s.table = &c.cfg->rules;
-	s.len = len;
-	s.armed = c.st->armed;
-	count = c.cfg->rules.count;
-	if (count > HIDBPFD_RULES_MAX)
-		count = HIDBPFD_RULES_MAX;
-	bpf_loop(count, engine_scan_rule, &s, 0);
+	hidbpfd_scan_report(&s, &c.cfg->rules, data, len, c.st->armed);
 	if (!s.matched)
 		return 0;	/* nobody hears of it, nothing is written */
 	c.st->armed = (c.st->armed & ~s.disarm) | s.arm;
@@ -700,17 +628,15 @@ static int engine_timer_cb(void *map, int *key, struct engine_async *e)
 
 /* ------------------------------------------------------------------ I/O (the wq) */
 
-/* Does `got` (n bytes) match the verify pattern? (hidbpfd.model.Pattern.matches) */
-static __always_inline int pattern_matches(const struct hidbpfd_rule *r, const __u8 *got, int n)
+/* Does the verify read-back `got` (n bytes, or -errno; ENGINE_HELD_MAX readable) match? */
+static __always_inline int verify_matches(const struct hidbpfd_rule *r, const __u8 *got, int n)
 {
-	__u8 diff = 0;
-	int j;
+	__u64 head[HIDBPFD_PATTERN_MAX / 8];
 
-	if (n < 0 || n < r->len)
+	if (n < 0)
 		return 0;
-	for (j = 0; j < HIDBPFD_PATTERN_MAX; j++)
-		diff |= (got[j] ^ r->pattern[j]) & r->mask[j];
-	return diff == 0;
+	__builtin_memcpy(head, got, sizeof(head));
+	return hidbpfd_rule_matches(r, head, n);
 }
 
 /* The device's sleepable worker: one queued operation per run, in order; re-kicked while
@@ -718,7 +644,7 @@ static __always_inline int pattern_matches(const struct hidbpfd_rule *r, const _
 static int engine_wq_cb(void *map, int *key, void *value)
 {
 	struct engine_act a = {};
-	struct engine_op op;
+	struct engine_op op __attribute__((aligned(8)));	/* data in whole words */
 	struct engine_config *cfg;
 	struct engine_state *st;
 	struct engine_policy *p;
@@ -795,7 +721,7 @@ static int engine_wq_cb(void *map, int *key, void *value)
 
 	if (rec == ENGINE_REC_REPLY) {
 		struct engine_pstate *ps = &st->pol[i];
-		int ok = pattern_matches(&p->verify, op.data, ret);
+		int ok = verify_matches(&p->verify, op.data, ret);
 
 		STAT_ADD(get_feature, 1);
 		if (ret < 0)

@@ -7,8 +7,14 @@
  * quoted from here; tests/bpf/test_layout.py compiles this header on the host and checks
  * every size and offset against the Python struct formats.
  *
- * Part 2 (only when compiling for BPF, __bpf__): the maps and hidbpfd_filter(), the C
- * twin of hidbpfd.filter.Filter.run(). Every program that sees a report calls it.
+ * Part 2 (only when compiling for BPF, __bpf__): matching, with no maps of its own:
+ * hidbpfd_scan_report(), a report against a rule table, and hidbpfd_event_report(), which
+ * reports a hid_device_event struct_ops looks at. The filter below and the in-kernel engine
+ * (engine.bpf.c, which has its own table, armed mask and ring) both use them.
+ *
+ * Part 3 (__bpf__, unless HIDBPFD_NO_FILTER is defined before including this header): the
+ * maps and hidbpfd_filter(), the C twin of hidbpfd.filter.Filter.run(). Every program of
+ * hidbpfd.bpf.c and hidbpfd_ops.bpf.c that sees a report calls it.
  */
 #ifndef __HIDBPFD_H
 #define __HIDBPFD_H
@@ -91,8 +97,143 @@ struct hidbpfd_io {
 	__u8 data[HIDBPFD_IO_DATA_MAX];
 };
 
-/* ---------------------------------------------------------------- Part 2: filter */
+/* ---------------------------------------------------------------- Part 2: matching */
 #ifdef __bpf__
+
+#include "hid_compat.h"
+
+/* One scan of a rule table (hidbpfd_scan_report), shared with the bpf_loop() callback. */
+struct hidbpfd_scan {
+	const struct hidbpfd_device_rules *table;
+	__u64 head[HIDBPFD_PATTERN_MAX / 8];	/* the report's first bytes, zero-padded */
+	__u32 len;		/* the report's full length */
+	__u32 armed;		/* the armed mask before this report */
+	__u32 matched;		/* rules that fired */
+	__u32 raw;		/* rules whose pattern matches, armed or not */
+	__u32 disarm;		/* groups to disarm: WHEN_ARMED rules that fired */
+	__u32 arm;		/* groups to arm: ARM rules that fired */
+	__u32 hold;		/* a HOLD rule fired */
+};
+
+/*
+ * Does a report match rule `r`'s pattern (reference: hidbpfd.model.Pattern.matches)? `head`
+ * holds its first HIDBPFD_PATTERN_MAX bytes, zero-padded, `len` is its full length: at least
+ * r->len bytes, equal to the pattern wherever the mask has bits (whole __u64 words at once).
+ */
+static __always_inline int hidbpfd_rule_matches(const struct hidbpfd_rule *r,
+						const __u64 *head, __u32 len)
+{
+	__u64 diff = 0;
+	int w;
+
+	if (len < r->len)
+		return 0;
+	for (w = 0; w < HIDBPFD_PATTERN_MAX / 8; w++)
+		diff |= (head[w] ^ *(const __u64 *)&r->pattern[8 * w]) &
+			*(const __u64 *)&r->mask[8 * w];
+	return diff == 0;
+}
+
+/*
+ * bpf_loop() callback: rule `i` against the report. A callback is verified once, whatever
+ * the number of rules; an open-coded 32-rule loop with a branch per flag makes the
+ * verifier walk too many paths (E2BIG at 1M instructions on 6.18).
+ */
+static long hidbpfd_scan_rule(__u32 i, void *ctx)
+{
+	struct hidbpfd_scan *s = ctx;
+	const struct hidbpfd_rule *r;
+	__u32 bit;
+
+	if (i >= HIDBPFD_RULES_MAX)
+		return 1;
+	r = &s->table->rules[i];
+	if (!hidbpfd_rule_matches(r, s->head, s->len))
+		return 0;
+	s->raw |= 1U << i;
+	bit = 1U << (r->group & (HIDBPFD_RULES_MAX - 1));
+	if ((r->flags & HIDBPFD_RULE_WHEN_ARMED) && !(s->armed & bit))
+		return 0;
+	s->matched |= 1U << i;
+	if (r->flags & HIDBPFD_RULE_WHEN_ARMED)
+		s->disarm |= bit;
+	if (r->flags & HIDBPFD_RULE_ARM)
+		s->arm |= bit;
+	if (r->flags & HIDBPFD_RULE_HOLD)
+		s->hold = 1;
+	return 0;
+}
+
+/*
+ * The rules of `table` (its first `count`) against a report, given the armed mask before it
+ * (reference: the matching half of hidbpfd.filter.Filter.run). `data` is any kernel pointer to
+ * the report (read with bpf_probe_read_kernel, so a HID-BPF buffer, a tracing argument and a
+ * syscall context all work); `len` its full length. Fills `s`; the caller applies arm/disarm
+ * to its own armed mask. A report that cannot be read matches nothing.
+ */
+static __always_inline void hidbpfd_scan_report(struct hidbpfd_scan *s,
+						const struct hidbpfd_device_rules *table,
+						const void *data, __u32 len, __u32 armed)
+{
+	__u32 n, count;
+
+	*s = (struct hidbpfd_scan){ .table = table, .len = len, .armed = armed };
+
+	/* the first bytes, zero-padded: patterns never look further */
+	n = len;
+	if (n > HIDBPFD_PATTERN_MAX)
+		n = HIDBPFD_PATTERN_MAX;
+	barrier_var(n);
+	if (n > HIDBPFD_PATTERN_MAX)
+		return;		/* never: tells the verifier n's bound */
+	if (n && bpf_probe_read_kernel(s->head, n, data))
+		return;
+
+	count = table->count;
+	if (count > HIDBPFD_RULES_MAX)
+		count = HIDBPFD_RULES_MAX;
+	bpf_loop(count, hidbpfd_scan_rule, s, 0);
+}
+
+/*
+ * The report a HID-BPF struct_ops is called with, if it is one to look at; else NULL (the
+ * program returns 0: the report passes untouched).
+ *
+ * int (*hid_device_event)(struct hid_bpf_ctx *ctx, enum hid_report_type report_type,
+ *			   u64 source);
+ *
+ * `source` is 0 for reports from the device and the injecting hid_bpf_ctx for reports
+ * a BPF program injected (hid_bpf_input_report / hid_bpf_try_input_report). Those are
+ * the daemon's or the engine's own re-injections (or another HID-BPF program's): they pass
+ * untouched, so a held report that is re-injected can never be held, or looped, again.
+ * Only input reports with a sane size are looked at; `*len` is then the report's length.
+ *
+ * `has_source` is false where hid_device_event has no `source` argument: pass a frozen
+ * .rodata constant and the verifier never walks the read of ctx[2] (the branch is dead).
+ */
+static __always_inline __u8 *hidbpfd_event_report(unsigned long long *ctx, int has_source,
+						   __u32 *len)
+{
+	struct hid_bpf_ctx *hctx = (struct hid_bpf_ctx *)ctx[0];
+	enum hid_report_type type = (enum hid_report_type)ctx[1];
+	__u64 source = 0;
+	__s32 size;
+
+	if (has_source)
+		source = ctx[2];
+	if (source || type != HID_INPUT_REPORT)
+		return NULL;
+	size = hctx->size;
+	if (size <= 0 || (__u32)size > hctx->allocated_size)
+		return NULL;
+	*len = size;
+	return hid_bpf_get_data(hctx, 0, 1);
+}
+
+#endif /* __bpf__ */
+
+/* ---------------------------------------------------------------- Part 3: filter */
+#if defined(__bpf__) && !defined(HIDBPFD_NO_FILTER)
 
 /*
  * Rules per device; userspace swaps a value whole (an update links a new element in and
@@ -129,54 +270,6 @@ struct {
 	__type(value, __u64);
 } hidbpfd_drops SEC(".maps");
 
-/* The state of one filter run, shared with the per-rule bpf_loop() callback. */
-struct hidbpfd_scan {
-	const struct hidbpfd_device_rules *table;
-	__u64 head[HIDBPFD_PATTERN_MAX / 8];	/* the report's first bytes, zero-padded */
-	__u32 len;		/* the report's full length */
-	__u32 armed;		/* the armed mask before this report */
-	__u32 matched;
-	__u32 disarm;
-	__u32 arm;
-	__u32 hold;
-};
-
-/*
- * bpf_loop() callback: rule `i` against the report. A callback is verified once, whatever
- * the number of rules; an open-coded 32-rule loop with a branch per flag makes the
- * verifier walk too many paths (E2BIG at 1M instructions on 6.18).
- */
-static long hidbpfd_scan_rule(__u32 i, void *ctx)
-{
-	struct hidbpfd_scan *s = ctx;
-	const struct hidbpfd_rule *r;
-	__u64 diff = 0;
-	__u32 bit;
-	int w;
-
-	if (i >= HIDBPFD_RULES_MAX)
-		return 1;
-	r = &s->table->rules[i];
-	bit = 1U << (r->group & (HIDBPFD_RULES_MAX - 1));
-	if ((r->flags & HIDBPFD_RULE_WHEN_ARMED) && !(s->armed & bit))
-		return 0;
-	if (s->len < r->len)
-		return 0;
-	for (w = 0; w < HIDBPFD_PATTERN_MAX / 8; w++)
-		diff |= (s->head[w] ^ *(const __u64 *)&r->pattern[8 * w]) &
-			*(const __u64 *)&r->mask[8 * w];
-	if (diff)
-		return 0;
-	s->matched |= 1U << i;
-	if (r->flags & HIDBPFD_RULE_WHEN_ARMED)
-		s->disarm |= bit;
-	if (r->flags & HIDBPFD_RULE_ARM)
-		s->arm |= bit;
-	if (r->flags & HIDBPFD_RULE_HOLD)
-		s->hold = 1;
-	return 0;
-}
-
 /*
  * The filter (reference: hidbpfd.filter.Filter.run). `data` is any kernel pointer to the
  * report (read with bpf_probe_read_kernel, so a HID-BPF buffer, a tracing argument and a
@@ -186,10 +279,10 @@ static long hidbpfd_scan_rule(__u32 i, void *ctx)
 static __always_inline int hidbpfd_filter(__u32 hid_id, const void *data, __u32 len,
 					  int can_hold)
 {
-	struct hidbpfd_scan s = {};
+	struct hidbpfd_scan s;
 	struct hidbpfd_device_rules *table;
 	struct hidbpfd_record *rec;
-	__u32 *armedp, zero = 0, count, n;
+	__u32 *armedp, zero = 0, n;
 	__u64 *drops;
 	int hold, truncated;
 
@@ -197,24 +290,7 @@ static __always_inline int hidbpfd_filter(__u32 hid_id, const void *data, __u32 
 	if (!table)
 		return HIDBPFD_VERDICT_QUIET;
 	armedp = bpf_map_lookup_elem(&hidbpfd_armed, &hid_id);
-	s.table = table;
-	s.len = len;
-	s.armed = armedp ? *armedp : 0;
-
-	/* the first bytes, zero-padded: patterns never look further */
-	n = len;
-	if (n > HIDBPFD_PATTERN_MAX)
-		n = HIDBPFD_PATTERN_MAX;
-	barrier_var(n);
-	if (n > HIDBPFD_PATTERN_MAX)
-		return HIDBPFD_VERDICT_QUIET;	/* never: tells the verifier n's bound */
-	if (n && bpf_probe_read_kernel(s.head, n, data))
-		return HIDBPFD_VERDICT_QUIET;
-
-	count = table->count;
-	if (count > HIDBPFD_RULES_MAX)
-		count = HIDBPFD_RULES_MAX;
-	bpf_loop(count, hidbpfd_scan_rule, &s, 0);
+	hidbpfd_scan_report(&s, table, data, len, armedp ? *armedp : 0);
 	if (!s.matched)
 		return HIDBPFD_VERDICT_QUIET;
 
@@ -250,5 +326,5 @@ static __always_inline int hidbpfd_filter(__u32 hid_id, const void *data, __u32 
 	return hold ? HIDBPFD_VERDICT_HOLD : HIDBPFD_VERDICT_NOTIFY;
 }
 
-#endif /* __bpf__ */
+#endif /* __bpf__ && !HIDBPFD_NO_FILTER */
 #endif /* __HIDBPFD_H */

@@ -27,31 +27,20 @@ const volatile int hidbpfd_has_source = 1;
  * int (*hid_device_event)(struct hid_bpf_ctx *ctx, enum hid_report_type report_type,
  *			   u64 source);
  *
- * `source` is 0 for reports from the device and the injecting hid_bpf_ctx for reports
- * a BPF program injected (hid_bpf_input_report / hid_bpf_try_input_report). Those are
- * the daemon's own re-injections (or another HID-BPF program's): they pass untouched,
- * so a held report that is re-injected can never be held, or looped, again.
+ * Input reports from the device go through the filter; injected ones (the daemon's own
+ * re-injections among them) pass untouched: see hidbpfd_event_report().
  */
 SEC("struct_ops/hid_device_event")
 int hidbpfd_event(unsigned long long *ctx)
 {
 	struct hid_bpf_ctx *hctx = (struct hid_bpf_ctx *)ctx[0];
-	enum hid_report_type type = (enum hid_report_type)ctx[1];
-	__u64 source = 0;
+	__u32 len;
 	__u8 *data;
-	__s32 size;
 
-	if (hidbpfd_has_source)
-		source = ctx[2];
-	if (source || type != HID_INPUT_REPORT)
-		return 0;
-	size = hctx->size;
-	if (size <= 0 || (__u32)size > hctx->allocated_size)
-		return 0;
-	data = hid_bpf_get_data(hctx, 0, 1);
+	data = hidbpfd_event_report(ctx, hidbpfd_has_source, &len);
 	if (!data)
 		return 0;
-	if (hidbpfd_filter(hctx->hid->id, data, size, 1) == HIDBPFD_VERDICT_HOLD)
+	if (hidbpfd_filter(hctx->hid->id, data, len, 1) == HIDBPFD_VERDICT_HOLD)
 		return -HIDBPFD_HOLD_ERRNO;
 	return 0;
 }
