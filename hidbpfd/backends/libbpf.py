@@ -19,11 +19,12 @@ import ctypes.util
 import errno as errno_mod
 import functools
 import logging
-import os
 import struct
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, Final, cast
+from typing import Final, cast
+
+from hidbpfd.backends.clib import CallError, CLibrary
 
 log = logging.getLogger("hidbpfd.libbpf")
 
@@ -48,19 +49,8 @@ BTF_KIND_FUNC: Final = 12
 BTF_KIND_FUNC_PROTO: Final = 13
 
 
-class BpfError(OSError):
+class BpfError(CallError):
     """A libbpf or bpf(2) operation failed: ``op`` is the call, ``errno`` the reason."""
-
-    def __init__(self, op: str, err: int, detail: str = "") -> None:
-        err = abs(err) or errno_mod.EINVAL
-        msg = f"{op}: {os.strerror(err)} (errno {err})"
-        if detail:
-            msg += f": {detail}"
-        super().__init__(err, msg)
-        self.op = op
-
-    def __str__(self) -> str:
-        return str(self.strerror)
 
 
 # int (*libbpf_print_fn_t)(enum libbpf_print_level level, const char *, va_list ap);
@@ -185,38 +175,15 @@ _PROTOS: Final[dict[str, tuple[object, list[object]]]] = {
 }
 
 
-class Libbpf:
-    """The loaded ``libbpf.so.1`` with typed prototypes. Get it with :func:`libbpf`."""
+class Libbpf(CLibrary):
+    """The loaded ``libbpf.so.1`` with typed prototypes. Get it with :func:`libbpf`.
+    :meth:`has` answers for calls newer than 1.1."""
 
     def __init__(self, path: str = LIBBPF_SONAME) -> None:
-        try:
-            self.dll = ctypes.CDLL(path, use_errno=True)
-        except OSError as e:
-            raise BpfError(
-                "dlopen " + path, errno_mod.ENOENT, f"{e}. Try: apt install libbpf1"
-            ) from e
-        self._fns: dict[str, Callable[..., Any]] = {}
-        for name, (res, args) in _PROTOS.items():
-            fn = getattr(self.dll, name, None)
-            if fn is None:
-                continue
-            fn.restype = res
-            fn.argtypes = args
-            self._fns[name] = fn
+        super().__init__(path, _PROTOS, BpfError, "apt install libbpf1", "not in this libbpf")
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         self.router = _LogRouter(libc)
         self.fn("libbpf_set_print")(self.router.callback)
-
-    def has(self, name: str) -> bool:
-        """Whether this libbpf exports ``name`` (for calls newer than 1.1)."""
-        return name in self._fns
-
-    def fn(self, name: str) -> Callable[..., Any]:
-        """The prototyped function ``name``; BpfError(ENOSYS) if this libbpf lacks it."""
-        f = self._fns.get(name)
-        if f is None:
-            raise BpfError(name, errno_mod.ENOSYS, "not in this libbpf")
-        return f
 
     def check(self, op: str, ret: int) -> int:
         """Raise for a negative int result (libbpf returns -errno), else return it."""

@@ -18,10 +18,11 @@ import ctypes
 import errno as errno_mod
 import functools
 import logging
-import os
 import select
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
+
+from hidbpfd.backends.clib import CallError, CLibrary
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +32,8 @@ LIBSYSTEMD_SONAME: Final = "libsystemd.so.0"
 _NO_TIMEOUT: Final = 2**64 - 1
 
 
-class SdBusError(OSError):
+class SdBusError(CallError):
     """An sd-bus operation failed: ``op`` is the call, ``errno`` the reason."""
-
-    def __init__(self, op: str, err: int, detail: str = "") -> None:
-        err = abs(err) or errno_mod.EINVAL
-        msg = f"{op}: {os.strerror(err)} (errno {err})"
-        if detail:
-            msg += f": {detail}"
-        super().__init__(err, msg)
-        self.op = op
-
-    def __str__(self) -> str:
-        return str(self.strerror)
 
 
 # typedef int (*sd_bus_message_handler_t)(sd_bus_message *m, void *userdata,
@@ -95,31 +85,17 @@ _PROTOS: Final[dict[str, tuple[object, list[object]]]] = {
 }
 
 
-class Libsystemd:
+class Libsystemd(CLibrary):
     """The loaded ``libsystemd.so.0`` with typed prototypes. Get it with :func:`libsystemd`."""
 
     def __init__(self, path: str = LIBSYSTEMD_SONAME) -> None:
-        try:
-            self.dll = ctypes.CDLL(path, use_errno=True)
-        except OSError as e:
-            raise SdBusError(
-                "dlopen " + path, errno_mod.ENOENT, f"{e}. Try: apt install libsystemd0"
-            ) from e
-        self._fns: dict[str, Callable[..., Any]] = {}
-        for name, (res, args) in _PROTOS.items():
-            fn = getattr(self.dll, name, None)
-            if fn is None:
-                continue
-            fn.restype = res
-            fn.argtypes = args
-            self._fns[name] = fn
-
-    def fn(self, name: str) -> Callable[..., Any]:
-        """The prototyped function ``name``; SdBusError(ENOSYS) if this libsystemd lacks it."""
-        f = self._fns.get(name)
-        if f is None:
-            raise SdBusError(name, errno_mod.ENOSYS, "not in this libsystemd (needs systemd 241+)")
-        return f
+        super().__init__(
+            path,
+            _PROTOS,
+            SdBusError,
+            "apt install libsystemd0",
+            "not in this libsystemd (needs systemd 241+)",
+        )
 
     def call(self, name: str, *args: object) -> int:
         """Call ``name``; raise for a negative result (sd-bus returns -errno), else return it."""
