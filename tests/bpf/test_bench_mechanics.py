@@ -44,6 +44,7 @@ def test_mechanics_reports_both_engines(tmp_path: Path) -> None:
     assert rows[("userspace", "timer_lateness_10ms_spin")]["n"] == 5
     assert rows[("userspace", "event_to_action_busy_poll")]["n"] == 5
     assert rows[("userspace", "timer_lateness_10ms_busy_poll")]["n"] == 5
+    assert rows[("userspace", "timer_lateness_10ms_busy_poll_spin")]["n"] == 5
     assert (
         rows[("userspace", "start_to_ready")]["unit"] == "us"
         and rows[("userspace", "daemon_rss")]["p50"] > 0
