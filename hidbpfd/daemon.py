@@ -62,6 +62,7 @@ class KernelEngineLike(Protocol):
     ) -> str: ...
     def detach(self, hid_id: int) -> None: ...
     def device_event(self, hid_id: int, what: str) -> None: ...
+    def set_observed(self, on: bool) -> None: ...
     def stats(self, hid_id: int) -> dict[str, int]: ...
     def add_to_loop(self, loop: asyncio.AbstractEventLoop) -> None: ...
     def close(self) -> None: ...
@@ -397,6 +398,7 @@ class Daemon:
                 try:
                     self.engine = self._engine_factory(self._kernel_outcome)
                     self.engine.add_to_loop(self.loop)
+                    self.engine.set_observed(bool(self.dispatch.observers))
                 except Exception as e:  # a broken engine must not stop the daemon
                     self.engine_error = f"cannot start the in-kernel engine: {e}"
         return self.engine
@@ -585,13 +587,23 @@ class Daemon:
         self._subscribers.append(fn)
         if self._publish not in self.dispatch.observers:
             self.dispatch.observers.append(self._publish)
+            self._observers_changed()
 
         def unsubscribe() -> None:
             self._subscribers.remove(fn)
             if not self._subscribers and self._publish in self.dispatch.observers:
                 self.dispatch.observers.remove(self._publish)
+                self._observers_changed()
 
         return unsubscribe
+
+    def _observers_changed(self) -> None:
+        """The in-kernel engine writes a record per step only while someone listens."""
+        if self.engine is not None:
+            try:
+                self.engine.set_observed(bool(self.dispatch.observers))
+            except OSError as e:
+                log.warning("in-kernel engine: cannot switch its records: %s", e)
 
     def _publish(self, o: Outcome) -> None:
         if not self._subscribers:

@@ -426,6 +426,11 @@ def kernel_reason(obj_path: Path = ENGINE_OBJECT) -> str | None:
     return None
 
 
+def _write_observed(obj: lb.BpfObject, on: bool) -> None:
+    # engine.bpf.c's .bss holds one global: __u32 engine_observed
+    lb.map_update(obj.map(".bss").fd, _key0(), struct.pack("<I", int(on)))
+
+
 @dataclass(slots=True)
 class _Attached:
     hid_id: int
@@ -458,6 +463,9 @@ class KernelEngine:
         self.ring_bytes = ring_bytes
         self._devices: dict[int, _Attached] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.observed = False
+        """Whether the engines write a record for every step (someone listens), or only
+        their failures (see :meth:`set_observed`)."""
         self._reason: str | bool | None = False  # False: not asked yet
 
     # ------------------------------------------------------------------ what it can run
@@ -507,6 +515,7 @@ class KernelEngine:
                         log.error("%s", line)
                     raise
             lb.map_update(obj.map("engine_cfg").fd, _key0(), config)
+            _write_observed(obj, self.observed)
             ret = lb.prog_test_run(obj.program("engine_init").fd, ctypes.create_string_buffer(8))
             if ret != 0:
                 raise lb.BpfError("engine_init (bpf_timer_init / bpf_wq_init)", -ret)
@@ -541,6 +550,15 @@ class KernelEngine:
         att.ring.free()
         att.obj.close()
         self._emit(Outcome(_now(), att.device, "removed", detail="kernel engine detached"))
+
+    def set_observed(self, on: bool) -> None:
+        """Records of every step while ``on`` (``monitor`` or an observer listens); else only
+        failures, so the engine does not wake the daemon for each report it handles (its
+        counters, for ``status``, never stop). Applies to every attached device and to those
+        attached later."""
+        self.observed = on
+        for att in self._devices.values():
+            _write_observed(att.obj, on)
 
     def device_event(self, hid_id: int, what: str) -> None:
         """``added`` or ``resume`` (reinit's ``on``): one BPF_PROG_RUN of engine_trigger.

@@ -31,7 +31,8 @@
  * engine_event with a non-zero `source` and pass untouched. Every step leaves a ring-buffer
  * record (struct engine_record) and counters (struct engine_stats) for `hidbpfd status` and
  * `monitor`; unmatched reports leave nothing and never wake the daemon, and only what the
- * engine did (a held report, I/O, an error) wakes it (see emit()).
+ * engine did (a held report, I/O, an error) wakes it (see emit()) — and, while nobody
+ * listens (engine_observed), only its failures do.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -169,6 +170,13 @@ struct {
  * bookkeeping ride along with the next wake-up or the daemon's periodic read of the counters,
  * so a stream of matched reports does not keep the daemon busy.
  */
+/*
+ * Set by the daemon (this object's .bss) while someone listens to the engine's records
+ * (`hidbpfd monitor`, a test's observer). Otherwise only failures are written: what went well
+ * is in engine_stats, and the daemon is not woken for every report the engine handles.
+ */
+__u32 engine_observed = 0;
+
 static __always_inline void emit(__u32 hid_id, __u8 kind, __u32 policy, __s32 value,
 				 __u32 detail, const __u8 *data, __u32 len)
 {
@@ -176,6 +184,9 @@ static __always_inline void emit(__u32 hid_id, __u8 kind, __u32 policy, __s32 va
 	/* forced, not adaptive: the ring's adaptive wake-up assumes every record before this one
 	 * already woke the reader, which the quiet records never do */
 	__u64 flags = BPF_RB_FORCE_WAKEUP;
+
+	if (!engine_observed && value >= 0)
+		return;	/* a success nobody listens to (failures carry a -errno value) */
 
 	if (kind == ENGINE_REC_PASS || kind == ENGINE_REC_SCHEDULE || kind == ENGINE_REC_CANCEL ||
 	    kind == ENGINE_REC_TIMER)

@@ -391,6 +391,9 @@ class FakeEngine:
     def device_event(self, hid_id: int, what: str) -> None:
         self.calls.append((what, hid_id, None))
 
+    def set_observed(self, on: bool) -> None:
+        self.calls.append(("observed", int(on), None))
+
     def stats(self, hid_id: int) -> dict[str, int]:
         return {"matched": 7, "held": 1, "injected": 2}
 
@@ -509,5 +512,33 @@ def test_daemon_refuses_mixing_engines_on_one_device(tmp_path: Path) -> None:
             assert [x.file.endswith("60-28bd__0905-extra.toml") for x in slot.bindings] == [True]
             r.feed(PEN, OUT_OF_PROX)
             await until(lambda: r.got(PEN.key, "inject") == [OUT_OF_PROX], "defer 5 ms")
+
+    run(body())
+
+
+def test_engine_records_only_while_someone_listens(tmp_path: Path) -> None:
+    """No observer: the engine is told to write failures only; a `monitor` client switches
+    every step's record on, and its leaving switches them off again."""
+    from tests.daemon.harness import running
+
+    engines: list[FakeEngine] = []
+
+    def factory(on_outcome: Any) -> FakeEngine:
+        engines.append(FakeEngine(on_outcome))
+        return engines[-1]
+
+    async def body() -> None:
+        async with running(tmp_path, engine_factory=factory) as r:
+            kernelize(r.cfg / "50-28bd__0905-pen-proximity.toml")
+            r.d.reload()
+            eng = engines[0]
+            assert [c for c in eng.calls if c[0] == "observed"] == [("observed", 0, None)]
+            got: list[dict[str, Any]] = []
+            stop = r.d._subscribe(got.append)
+            stop2 = r.d._subscribe(got.append)
+            stop()
+            assert [c[1] for c in eng.calls if c[0] == "observed"] == [0, 1]
+            stop2()
+            assert [c[1] for c in eng.calls if c[0] == "observed"] == [0, 1, 0]
 
     run(body())
