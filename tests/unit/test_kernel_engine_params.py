@@ -12,7 +12,7 @@ import re
 import shutil
 import struct
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -404,6 +404,17 @@ class FakeEngine:
         self.calls.append(("close", 0, None))
 
 
+def fake_engines() -> tuple[list[FakeEngine], Callable[[Any], FakeEngine]]:
+    """The engines a daemon creates, and the factory to give it."""
+    engines: list[FakeEngine] = []
+
+    def factory(on_outcome: Any) -> FakeEngine:
+        engines.append(FakeEngine(on_outcome))
+        return engines[-1]
+
+    return engines, factory
+
+
 def kernelize(path: Path) -> None:
     path.write_text('engine = "kernel"\n' + path.read_text())
 
@@ -415,11 +426,7 @@ def run(coro: Any) -> Any:
 def test_daemon_attaches_the_engine_instead_of_the_dispatch(tmp_path: Path) -> None:
     from tests.daemon.harness import OUT_OF_PROX, PEN, running, until
 
-    engines: list[FakeEngine] = []
-
-    def factory(on_outcome: Any) -> FakeEngine:
-        engines.append(FakeEngine(on_outcome))
-        return engines[-1]
+    engines, factory = fake_engines()
 
     async def body() -> None:
         async with running(tmp_path, engine_factory=factory) as r:
@@ -521,11 +528,7 @@ def test_engine_records_only_while_someone_listens(tmp_path: Path) -> None:
     every step's record on, and its leaving switches them off again."""
     from tests.daemon.harness import running
 
-    engines: list[FakeEngine] = []
-
-    def factory(on_outcome: Any) -> FakeEngine:
-        engines.append(FakeEngine(on_outcome))
-        return engines[-1]
+    engines, factory = fake_engines()
 
     async def body() -> None:
         async with running(tmp_path, engine_factory=factory) as r:
