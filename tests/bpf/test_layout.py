@@ -87,15 +87,24 @@ def offsets(fmt: str) -> list[int]:
     return out
 
 
-def test_struct_layouts_match_header(tmp_path: Path) -> None:
+def c_layout(tmp_path: Path, probe_c: str) -> dict[str, int]:
+    """Compile and run a layout probe (sizes and offsets printed as JSON by the S()/F()
+    macros) against the BPF headers; skips without a C compiler."""
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
         pytest.skip("no C compiler to check the header layout with")
     src = tmp_path / "layout.c"
-    src.write_text(PROBE_C)
+    src.write_text(probe_c)
     exe = tmp_path / "layout"
     subprocess.run([cc, "-I", str(HEADER.parent), str(src), "-o", str(exe)], check=True)
-    c = json.loads(subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout)
+    out: dict[str, int] = json.loads(
+        subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
+    )
+    return out
+
+
+def test_struct_layouts_match_header(tmp_path: Path) -> None:
+    c = c_layout(tmp_path, PROBE_C)
 
     assert c["hidbpfd_rule"] == B.RULE_SIZE
     assert offsets(B.RULE_FORMAT)[1:] == [

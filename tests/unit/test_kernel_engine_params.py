@@ -7,11 +7,8 @@ falling back."""
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-import shutil
 import struct
-import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +27,7 @@ from hidbpfd.policies.inject import InjectPolicy
 from hidbpfd.policies.params import Feature, Output, Verify, Wait
 from hidbpfd.policies.reinit import Reinit
 from hidbpfd.policies.release_guard import ReleaseGuard
+from tests.bpf.test_layout import c_layout, offsets
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = BPF_DIR / "engine.h"
@@ -106,25 +104,8 @@ int main(void) {
 """
 
 
-def offsets(fmt: str) -> list[int]:
-    out, pos = [], 0
-    for count, code in re.findall(r"(\d*)([a-zA-Z?])", fmt.lstrip("<")):
-        size = struct.calcsize("<" + (count or "1") + code)
-        if code != "x":
-            out.append(pos)
-        pos += size
-    return out
-
-
 def test_struct_layouts_match_header(tmp_path: Path) -> None:
-    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
-        pytest.skip("no C compiler to check the header layout with")
-    src = tmp_path / "layout.c"
-    src.write_text(PROBE_C)
-    exe = tmp_path / "layout"
-    subprocess.run([cc, "-I", str(BPF_DIR), str(src), "-o", str(exe)], check=True)
-    c = json.loads(subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout)
+    c = c_layout(tmp_path, PROBE_C)
 
     assert c["engine_step"] == K.STEP_SIZE
     assert offsets(K.STEP_FORMAT)[1:] == [c[f"engine_step.{f}"] for f in ("kind", "len", "data")]
