@@ -314,6 +314,25 @@ struct engine_adv {
 	struct engine_act a;
 };
 
+/* Step `pos` of policy i's sequence, under the state's lock (inject and reinit share it): a
+ * wait schedules the policy's timer (its flags: `clear` off, `set` on) and stops the loop; a
+ * report, output or feature joins the FIFO and the loop goes on. Returns the loop's stop. */
+static __always_inline long next_step(struct engine_adv *v, struct engine_policy *p,
+				      struct engine_pstate *ps, __u32 i, __u32 pos, __u32 clear,
+				      __u32 set)
+{
+	struct engine_step *step = &p->steps[pos & (ENGINE_STEPS_MAX - 1)];
+
+	ps->pos = pos + 1;
+	if (step->kind == ENGINE_STEP_WAIT) {
+		ps->flag = (ps->flag & ~clear) | set;
+		schedule(ps, &v->a, v->now, step->wait_ns);
+		return 1;
+	}
+	fifo_push(v->st, &v->a, OP_STEP, i, pos, NULL, step->len);
+	return 0;
+}
+
 /* inject: the queue is the rest of the current copy of the sequence plus `extra` whole copies
  * behind it (a trigger during a running sequence queues one). */
 static long inject_step(__u32 k, void *ctx)
@@ -322,7 +341,6 @@ static long inject_step(__u32 k, void *ctx)
 	__u32 i = v->i & (ENGINE_POLICIES_MAX - 1), pos;
 	struct engine_policy *p = &v->cfg->policies[i];
 	struct engine_pstate *ps = &v->st->pol[i];
-	struct engine_step *step;
 	long stop = 1;
 
 	bpf_spin_lock(&v->st->lock);
@@ -338,15 +356,7 @@ static long inject_step(__u32 k, void *ctx)
 			ps->flag &= ~(PS_CUR | PS_ADVANCING);
 		}
 	} else {
-		step = &p->steps[pos & (ENGINE_STEPS_MAX - 1)];
-		ps->pos = pos + 1;
-		if (step->kind == ENGINE_STEP_WAIT) {
-			ps->flag = (ps->flag & ~PS_ADVANCING) | PS_WAITING;
-			schedule(ps, &v->a, v->now, step->wait_ns);
-		} else {
-			fifo_push(v->st, &v->a, OP_STEP, i, pos, NULL, step->len);
-			stop = 0;
-		}
+		stop = next_step(v, p, ps, i, pos, PS_ADVANCING, PS_WAITING);
 	}
 	bpf_spin_unlock(&v->st->lock);
 	v->done = stop;
@@ -360,7 +370,6 @@ static long reinit_step(__u32 k, void *ctx)
 	__u32 i = v->i & (ENGINE_POLICIES_MAX - 1), pos;
 	struct engine_policy *p = &v->cfg->policies[i];
 	struct engine_pstate *ps = &v->st->pol[i];
-	struct engine_step *step;
 	long stop = 1;
 
 	bpf_spin_lock(&v->st->lock);
@@ -373,14 +382,7 @@ static long reinit_step(__u32 k, void *ctx)
 		else
 			ps->flag &= ~PS_ACTIVE;
 	} else {
-		step = &p->steps[pos & (ENGINE_STEPS_MAX - 1)];
-		ps->pos = pos + 1;
-		if (step->kind == ENGINE_STEP_WAIT) {
-			schedule(ps, &v->a, v->now, step->wait_ns);
-		} else {
-			fifo_push(v->st, &v->a, OP_STEP, i, pos, NULL, step->len);
-			stop = 0;
-		}
+		stop = next_step(v, p, ps, i, pos, 0, 0);
 	}
 	bpf_spin_unlock(&v->st->lock);
 	v->done = stop;
