@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import pytest
 
 from hidbpfd.backends.uhid import BUS_USB, UhidDevice
+from hidbpfd.bench.devices import DESCRIPTOR as BENCH_DESCRIPTOR
 
 T = TypeVar("T")
 
@@ -29,21 +30,9 @@ INPUT_ID = 0x01  # 4 bytes of data
 OUTPUT_ID = 0x10  # 5 bytes
 FEATURE_ID = 0x05  # 2 bytes
 
-# A vendor-defined device with one report of each kind, each with its own report ID.
-VENDOR_RDESC = bytes(
-    [
-        0x06, 0x00, 0xFF,  # Usage Page (Vendor Defined 0xFF00)
-        0x09, 0x01,  # Usage (0x01)
-        0xA1, 0x01,  # Collection (Application)
-        0x15, 0x00,  # .. Logical Minimum (0)
-        0x26, 0xFF, 0x00,  # .. Logical Maximum (255)
-        0x75, 0x08,  # .. Report Size (8)
-        0x85, INPUT_ID, 0x95, 0x04, 0x09, 0x02, 0x81, 0x02,  # .. ID 1: 4 x Input (Data,Var,Abs)
-        0x85, OUTPUT_ID, 0x95, 0x05, 0x09, 0x03, 0x91, 0x02,  # .. ID 0x10: 5 x Output
-        0x85, FEATURE_ID, 0x95, 0x02, 0x09, 0x04, 0xB1, 0x02,  # .. ID 5: 2 x Feature
-        0xC0,  # End Collection
-    ]
-)  # fmt: skip
+# A vendor-defined device with one report of each kind, each with its own report ID
+# (input INPUT_ID: 4 bytes, output OUTPUT_ID: 5, feature FEATURE_ID: 2): the benchmark's device.
+VENDOR_RDESC = BENCH_DESCRIPTOR
 
 _serial = itertools.count(1)
 
