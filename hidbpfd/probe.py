@@ -41,7 +41,15 @@ TRACE_TARGET: Final = "hid_report_raw_event"
 """Where the tracing fallback hooks: every transport's reports pass there."""
 WQ_CALLBACK: Final = "bpf_wq_set_callback"
 """The bpf_wq callback kfunc since Linux 7.0; before, ``bpf_wq_set_callback_impl``."""
-FUNCS: Final = (*KFUNCS, "bpf_wq_init", WQ_CALLBACK, WQ_CALLBACK + "_impl", TRACE_TARGET)
+FUNCS: Final = (
+    *KFUNCS,
+    "bpf_wq_init",
+    "bpf_wq_start",
+    WQ_CALLBACK,
+    WQ_CALLBACK + "_impl",
+    TRACE_TARGET,
+)
+"""Every function the probe looks up in the kernel's BTF (the in-kernel engine's kfuncs too)."""
 STRUCTS: Final = ("hid_bpf_ops", "bpf_struct_ops_hid_bpf_ops", "bpf_wq", "hid_device")
 
 Check = dict[str, object]

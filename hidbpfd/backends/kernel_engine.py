@@ -381,20 +381,6 @@ def outcomes(
 # ----------------------------------------------------------------------------- the kernel
 
 
-@functools.cache
-def _btf_funcs(names: tuple[str, ...]) -> frozenset[str]:
-    from hidbpfd.probe import HID_MODULE_BTF, VMLINUX_BTF
-
-    btfs = [lb.Btf(str(VMLINUX_BTF))]
-    try:
-        if HID_MODULE_BTF.exists():
-            btfs.append(lb.Btf(str(HID_MODULE_BTF), base=btfs[0]))
-        return frozenset(n for n in names if any(b.find(n, lb.BTF_KIND_FUNC) for b in btfs))
-    finally:
-        for b in reversed(btfs):
-            b.free()
-
-
 def kernel_reason(obj_path: Path = ENGINE_OBJECT) -> str | None:
     """Why this kernel (or this build) cannot run the engine, or None."""
     from hidbpfd import probe
@@ -414,11 +400,7 @@ def kernel_reason(obj_path: Path = ENGINE_OBJECT) -> str | None:
             "hid_bpf_ops.hid_device_event has no `source` argument on this kernel, so the "
             "engine could not tell its own injected reports from the device's"
         )
-    try:
-        have = _btf_funcs(KFUNCS)
-    except lb.BpfError as e:
-        return f"cannot read the kernel's BTF: {e}"
-    missing = [k for k in KFUNCS if k not in have]
+    missing = [k for k in KFUNCS if k not in btf.funcs]
     if not btf.funcs & {probe.WQ_CALLBACK, probe.WQ_CALLBACK + "_impl"}:
         missing.append(probe.WQ_CALLBACK)
     if missing:

@@ -526,3 +526,11 @@ def test_engine_records_only_while_someone_listens(tmp_path: Path) -> None:
             assert [c[1] for c in eng.calls if c[0] == "observed"] == [0, 1, 0]
 
     run(body())
+
+
+def test_engine_kfuncs_are_read_by_the_probe() -> None:
+    """kernel_reason() checks the engine's kfuncs in probe.kernel_btf()'s one reading of the
+    kernel's BTF: each must be among the names the probe looks up."""
+    from hidbpfd import probe
+
+    assert set(K.KFUNCS) <= set(probe.FUNCS)
