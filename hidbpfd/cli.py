@@ -24,9 +24,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
         # what the in-kernel engine would refuse, from the parameters alone (any kernel)
         from pathlib import Path
 
-        from hidbpfd.backends.kernel_engine import params_reason
         from hidbpfd.config.errors import ConfigError
         from hidbpfd.config.locate import Locator
+        from hidbpfd.kernel.engine import params_reason
 
         for f in kernel_files:
             if why := params_reason(f.bindings):
@@ -55,8 +55,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from hidbpfd.config import load
-    from hidbpfd.recording import RecordingError
-    from hidbpfd.recording import load as load_rec
+    from hidbpfd.replay.recording import RecordingError
+    from hidbpfd.replay.recording import load as load_rec
 
     cfg = load([args.config])
     for e in cfg.errors:
@@ -72,7 +72,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         import importlib
 
         try:
-            mod = importlib.import_module("hidbpfd.replay_uhid")
+            mod = importlib.import_module("hidbpfd.replay.via_uhid")
         except ImportError:
             print("hidbpfd replay --device uhid: not available in this build yet", file=sys.stderr)
             return 2
@@ -80,14 +80,14 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         return rc
     backend = None
     if args.via_bpf:
-        from hidbpfd.replay_bpf import BpfFilterBackend, BpfUnavailable
+        from hidbpfd.replay.via_bpf import BpfFilterBackend, BpfUnavailable
 
         try:
             backend = BpfFilterBackend.open()
         except BpfUnavailable as e:
             print(f"hidbpfd replay --via-bpf: {e}", file=sys.stderr)
             return 1
-    from hidbpfd.replay import replay
+    from hidbpfd.replay.virtual import replay
 
     try:
         for line in replay(rec, cfg, backend=backend):
@@ -117,7 +117,7 @@ def _cmd_policies(args: argparse.Namespace) -> int:
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
-    from hidbpfd.probe import main as probe_main
+    from hidbpfd.kernel.probe import main as probe_main
 
     return probe_main([])
 
@@ -152,12 +152,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _without_tls()
     import asyncio
 
-    from hidbpfd.backends.bpf import BpfUnavailable
-    from hidbpfd.backends.libbpf import BpfError
-    from hidbpfd.backends.realtime import apply_realtime
     from hidbpfd.config.errors import ConfigErrors
     from hidbpfd.config.settings import DEFAULT_FILE, load_settings
+    from hidbpfd.kernel.libbpf import BpfError
+    from hidbpfd.kernel.source import BpfUnavailable
     from hidbpfd.runtime import build_daemon
+    from hidbpfd.service.realtime import apply_realtime
 
     try:
         settings = load_settings(args.settings or DEFAULT_FILE, missing_ok=not args.settings)
@@ -196,7 +196,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _control(args: argparse.Namespace, cmd: str) -> dict[str, object] | None:
-    from hidbpfd.backends.control import request
+    from hidbpfd.service.control import request
 
     try:
         return request(args.socket, cmd)
@@ -217,7 +217,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.json or "error" in st:
         print(json.dumps(st, indent=2))
         return 1 if "error" in st else 0
-    from hidbpfd.status_text import render_status
+    from hidbpfd.service.status_text import render_status
 
     print(render_status(st))
     return 0
@@ -237,8 +237,8 @@ def _cmd_reload(args: argparse.Namespace) -> int:
 def _cmd_monitor(args: argparse.Namespace) -> int:
     import json
 
-    from hidbpfd.backends.control import stream
-    from hidbpfd.status_text import render_event
+    from hidbpfd.service.control import stream
+    from hidbpfd.service.status_text import render_event
 
     try:
         for item in stream(args.socket):
@@ -255,17 +255,17 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import asyncio
 
-    from hidbpfd.backends.bpf import BpfUnavailable
-    from hidbpfd.backends.libbpf import BpfError
     from hidbpfd.bench import report
+    from hidbpfd.kernel.libbpf import BpfError
+    from hidbpfd.kernel.source import BpfUnavailable
 
     def progress(m: str) -> None:
         print(m, file=sys.stderr)
 
     if args.mechanics:
-        from hidbpfd.backends.realtime import apply_realtime
         from hidbpfd.bench.mechanics import run
         from hidbpfd.config.settings import Settings
+        from hidbpfd.service.realtime import apply_realtime
 
         try:
             knobs = Settings().override(
@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from hidbpfd.config import DEFAULT_DIR
 
-    # resolved when used (hidbpfd.backends.control pulls in asyncio, which run keeps light)
+    # resolved when used (hidbpfd.service.control pulls in asyncio, which run keeps light)
     sock = "$RUNTIME_DIRECTORY/control.sock, else /run/hidbpfd/control.sock"
     rn = sub.add_parser("run", help="run the daemon")
     rn.add_argument(
@@ -458,14 +458,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is _cmd_run:
         _without_tls()  # before anything pulls in asyncio
     if hasattr(args, "socket") and not args.socket:
-        from hidbpfd.backends.control import default_socket_path
+        from hidbpfd.service.control import default_socket_path
 
         args.socket = default_socket_path()
     if getattr(args, "func", None) is _cmd_run and not args.config:
         from hidbpfd.config import DEFAULT_DIR
 
         args.config = [DEFAULT_DIR]
-    from hidbpfd.logs import setup
+    from hidbpfd.service.logs import setup
 
     setup(args.log_level)
     try:

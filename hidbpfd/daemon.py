@@ -9,11 +9,11 @@ bad reload never stops serving a device.
 
 Per managed device: the BPF program is attached to it (HID-BPF if the kernel has it, so it can
 hold reports; else the tracing fallback, which cannot), its rule table is written to the BPF
-map, its injector and hidraw I/O are set up (:mod:`hidbpfd.backends.sinks`), and the dispatch
+map, its injector and hidraw I/O are set up (:mod:`hidbpfd.devices.sinks`), and the dispatch
 starts serving it. Removal undoes all of it and cancels the device's pending work.
 
 Policy files with ``engine = "kernel"`` are not run here: their device gets the in-kernel
-engine (:mod:`hidbpfd.backends.kernel_engine`, created on first use) instead of the filter and
+engine (:mod:`hidbpfd.kernel.engine`, created on first use) instead of the filter and
 the dispatch; the daemon forwards ``added`` / ``resume`` to it and relays its records to the
 observers (``monitor``) and its counters to ``status``. Where the kernel cannot run a file's
 policies the daemon logs why and runs none of them (one device runs one engine: a device that
@@ -33,28 +33,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from hidbpfd.backends.control import ControlServer
-from hidbpfd.backends.libbpf import release_heap
-from hidbpfd.backends.notify import Notifier
-from hidbpfd.backends.sinks import DeviceIO, Injector, ReportIO, RoutingSink
-from hidbpfd.backends.sleep import SleepWatcher
-from hidbpfd.backends.timerfd import TimerfdDriver
-from hidbpfd.backends.udev import HidDevice, HidWatcher
-from hidbpfd.backends.uhid_mirror import is_mirror
-from hidbpfd.clock import MonotonicClock
 from hidbpfd.config import Config, ConfigError, PolicyFile, load
 from hidbpfd.config.settings import Settings
-from hidbpfd.dispatch import Binding, Dispatcher, Observer, Outcome, RecordRouter, build_table
-from hidbpfd.logs import fields
+from hidbpfd.devices.sinks import DeviceIO, Injector, ReportIO, RoutingSink
+from hidbpfd.devices.udev import HidDevice, HidWatcher
+from hidbpfd.devices.uhid_mirror import is_mirror
+from hidbpfd.engine.clock import MonotonicClock
+from hidbpfd.engine.dispatch import (
+    Binding,
+    Dispatcher,
+    Observer,
+    Outcome,
+    RecordRouter,
+    build_table,
+)
+from hidbpfd.engine.scheduler import Scheduler
+from hidbpfd.engine.stats import Window
+from hidbpfd.engine.timerfd import TimerfdDriver
+from hidbpfd.kernel.libbpf import release_heap
 from hidbpfd.model import DeviceId, DeviceRule, bus_name
-from hidbpfd.scheduler import Scheduler
-from hidbpfd.stats import Window
+from hidbpfd.service.control import ControlServer
+from hidbpfd.service.logs import fields
+from hidbpfd.service.notify import Notifier
+from hidbpfd.service.sleep import SleepWatcher
 
 log = logging.getLogger(__name__)
 
 
 class KernelEngineLike(Protocol):
-    """What the daemon needs of :class:`hidbpfd.backends.kernel_engine.KernelEngine`."""
+    """What the daemon needs of :class:`hidbpfd.kernel.engine.KernelEngine`."""
 
     def supports(self, bindings: Sequence[Binding]) -> str | None: ...
     def attach(
@@ -82,7 +89,7 @@ class KernelManaged:
 
 
 class EventSource(Protocol):
-    """What the daemon needs of the BPF layer (:class:`hidbpfd.backends.bpf.BpfEventSource`)."""
+    """What the daemon needs of the BPF layer (:class:`hidbpfd.kernel.source.BpfEventSource`)."""
 
     def open(self) -> None: ...
     def add_to_loop(self, loop: asyncio.AbstractEventLoop) -> None: ...

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import TextIO
 
 from hidbpfd.config import load
-from hidbpfd.dispatch import Outcome
-from hidbpfd.recording import load as load_rec
-from hidbpfd.replay import replay
+from hidbpfd.engine.dispatch import Outcome
+from hidbpfd.replay.recording import load as load_rec
+from hidbpfd.replay.virtual import replay
 
 PKG_ROOT = Path(__file__).resolve().parent.parent
 
@@ -122,7 +122,7 @@ def run_replay_demo(out: TextIO = sys.stdout, scenarios: Sequence[Scenario] = SC
 
 
 async def _live_scenario(sc: Scenario, out: TextIO, bold: str, plain: str) -> None:
-    from hidbpfd.live import LiveSession
+    from hidbpfd.replay.live import LiveSession
 
     cfg = find_data("config/" + sc.config)
     rec = load_rec(find_data("tests/captures/" + sc.capture))
@@ -178,7 +178,7 @@ def can_run_live() -> str:
     """Empty when this kernel can run the live demo, else why not."""
     import os
 
-    from hidbpfd.probe import probe
+    from hidbpfd.kernel.probe import probe
 
     if not os.path.exists("/dev/uhid"):
         return "no /dev/uhid"

@@ -10,14 +10,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hidbpfd.backends.bpf import BpfEventSource
-from hidbpfd.backends.devices import injector_factory, report_io_factory
-from hidbpfd.backends.kernel_engine import KernelEngine
-from hidbpfd.backends.sinks import Injector
-from hidbpfd.backends.udev import HidDevice
 from hidbpfd.config.settings import Settings
 from hidbpfd.daemon import Daemon
-from hidbpfd.dispatch import Observer
+from hidbpfd.devices.chooser import injector_factory, report_io_factory
+from hidbpfd.devices.sinks import Injector
+from hidbpfd.devices.udev import HidDevice
+from hidbpfd.engine.dispatch import Observer
+from hidbpfd.kernel.engine import KernelEngine
+from hidbpfd.kernel.source import BpfEventSource
 
 
 def build_daemon(

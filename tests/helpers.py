@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hidbpfd.config import Config, load
-from hidbpfd.recording import RecordedDevice, Recording
-from hidbpfd.replay import FilterBackend, replay
+from hidbpfd.replay.recording import RecordedDevice, Recording
+from hidbpfd.replay.virtual import FilterBackend, replay
 
 DEVICE = "[device]\nvendor = 0x1234\nproduct = 0x5678\n"
 

@@ -233,7 +233,7 @@ class BpfStats:
     lives, like ``sysctl kernel.bpf_stats_enabled=1``), read per program name."""
 
     def __init__(self) -> None:
-        from hidbpfd.backends import libbpf as lb
+        from hidbpfd.kernel import libbpf as lb
 
         self._lib = lb.libbpf()
         dll = self._lib.dll
@@ -332,7 +332,7 @@ class DaemonProcess:
 
     async def status(self) -> dict[str, Any]:
         """The daemon's ``status`` (off the loop: a blocking socket)."""
-        from hidbpfd.backends.control import request
+        from hidbpfd.service.control import request
 
         if self.proc.poll() is not None:
             raise BenchUnavailable(
@@ -374,10 +374,10 @@ class BenchDevice:
     """One engine's uhid device, seen from the device side."""
 
     engine: str
-    uhid: Any  # hidbpfd.backends.uhid.UhidDevice
+    uhid: Any  # hidbpfd.devices.uhid.UhidDevice
     hid_id: str = ""
     hidraw: str = ""
-    reader: Any = None  # hidbpfd.backends.hidraw.HidrawReader while latency is measured
+    reader: Any = None  # hidbpfd.devices.hidraw.HidrawReader while latency is measured
     note: str = ""
     """Why this engine does not serve the device (its rows then have no samples)."""
     samples: dict[tuple[str, str], list[float]] = field(default_factory=dict)
@@ -404,7 +404,7 @@ class BenchDevice:
         return None
 
     def open_reader(self) -> None:
-        from hidbpfd.backends.hidraw import HidrawReader
+        from hidbpfd.devices.hidraw import HidrawReader
 
         if self.reader is None:
             self.reader = HidrawReader(self.hidraw)
@@ -416,7 +416,7 @@ class BenchDevice:
 
 
 async def _create(engine: str) -> BenchDevice:
-    from hidbpfd.backends.uhid import BUS_USB, UhidDevice
+    from hidbpfd.devices.uhid import BUS_USB, UhidDevice
 
     dev = UhidDevice()
     dev.create(
@@ -500,7 +500,7 @@ async def _inject(devs: dict[str, BenchDevice], p: Plan, rng: random.Random) -> 
 
 
 async def _reinit(devs: dict[str, BenchDevice], p: Plan, rng: random.Random) -> None:
-    from hidbpfd.backends.uhid import UHID_OUTPUT
+    from hidbpfd.devices.uhid import UHID_OUTPUT
 
     for i in range(p.reinit):
         for bd in _alternating(devs, i):

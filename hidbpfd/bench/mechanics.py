@@ -25,18 +25,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from hidbpfd.backends import libbpf as lb
-from hidbpfd.backends.bpf import FEED_FORMAT, BpfEventSource, Record
-from hidbpfd.backends.timerfd import TimerfdDriver
 from hidbpfd.bench.report import Result, percentiles
-from hidbpfd.clock import MonotonicClock
-from hidbpfd.dispatch import Binding, Dispatcher, RecordRouter
+from hidbpfd.engine.clock import MonotonicClock
+from hidbpfd.engine.dispatch import Binding, Dispatcher, RecordRouter
+from hidbpfd.engine.scheduler import Scheduler
+from hidbpfd.engine.stats import Window
+from hidbpfd.engine.timerfd import TimerfdDriver
+from hidbpfd.kernel import libbpf as lb
+from hidbpfd.kernel.source import FEED_FORMAT, BpfEventSource, Record
 from hidbpfd.model import DeviceId, Pattern
 from hidbpfd.policies.inject import InjectPolicy
-from hidbpfd.scheduler import Scheduler
-from hidbpfd.stats import Window
 
-BENCH_OBJECT: Final = Path(__file__).resolve().parent.parent / "bpf" / "bench.bpf.o"
+BENCH_OBJECT: Final = Path(__file__).resolve().parent.parent / "kernel" / "bpf" / "bench.bpf.o"
 # struct hidbpfd_bench_ctx { __u64 delay_ns; __u32 mode; __u32 seq; };
 CTX_FORMAT: Final = "<QII"
 # struct hidbpfd_bench_sample { __u64 due_ns; __u64 ran_ns; __u32 mode; __u32 seq; };
@@ -52,7 +52,7 @@ class KernelPrimitives:
     """bench.bpf.o loaded: arm bpf_timer / bpf_wq from userspace, collect callback samples."""
 
     def __init__(self) -> None:
-        from hidbpfd import probe
+        from hidbpfd.kernel import probe
 
         self.obj = lb.BpfObject.open_file(str(probe.kernel_btf().wq_build(BENCH_OBJECT)))
         self.obj.load()
@@ -144,7 +144,7 @@ class UserspacePath:
 # never let a pinned SCHED_FIFO child run).
 _FEEDER: Final = """
 import ctypes, os, sys, time
-from hidbpfd.backends import libbpf as lb
+from hidbpfd.kernel import libbpf as lb
 os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 os.sched_setaffinity(0, range(os.cpu_count() or 1))
 fd, n, gap = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])

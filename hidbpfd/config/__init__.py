@@ -1,6 +1,6 @@
 """Policy files: ``[device]`` + ``[[policy]]`` TOML, validated with every error located.
 
-Imports nothing from backends or the daemon (a test enforces it).
+Imports nothing from kernel, devices, service or the daemon (a test enforces it).
 """
 
 from hidbpfd.config.errors import ConfigError, ConfigErrors

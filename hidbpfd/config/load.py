@@ -18,8 +18,8 @@ from typing import Any, Final
 from hidbpfd.config.errors import ConfigError
 from hidbpfd.config.locate import Locator
 from hidbpfd.config.match import DeviceMatch
-from hidbpfd.dispatch import Binding
-from hidbpfd.filter import RuleTableError, check_table
+from hidbpfd.engine.dispatch import Binding
+from hidbpfd.engine.filter import RuleTableError, check_table
 from hidbpfd.model import BUS_NAMES, DeviceId, DeviceRule
 from hidbpfd.policies import Policy, load_registry
 from hidbpfd.policies.params import ParamError, convert

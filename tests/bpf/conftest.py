@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from hidbpfd.backends.bpf import BpfEventSource, Record
-from hidbpfd.probe import probe
+from hidbpfd.kernel.probe import probe
+from hidbpfd.kernel.source import BpfEventSource, Record
 
 _hid_ids = itertools.count(0x1000)
 

@@ -16,9 +16,9 @@ KEYS = {"scenario", "engine", "metric", "unit", "n", "p50", "p90", "p99", "p999"
 
 
 def test_mechanics_reports_both_engines(tmp_path: Path) -> None:
-    from hidbpfd.backends.bpf import BpfUnavailable
-    from hidbpfd.backends.libbpf import BpfError
     from hidbpfd.bench.mechanics import run
+    from hidbpfd.kernel.libbpf import BpfError
+    from hidbpfd.kernel.source import BpfUnavailable
 
     try:
         results = asyncio.run(run(samples=5, progress=lambda _m: None))

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hidbpfd.backends.bpf import (
+from hidbpfd.engine.filter import RECORD_DATA_MAX, RuleTableError
+from hidbpfd.kernel.source import (
     DEVICE_RULES_SIZE,
     REC_HELD,
     REC_TRUNCATED,
@@ -19,7 +20,6 @@ from hidbpfd.backends.bpf import (
     encode_record,
     encode_rules,
 )
-from hidbpfd.filter import RECORD_DATA_MAX, RuleTableError
 from hidbpfd.model import ANY_REPORT, PATTERN_MAX, RULES_MAX, DeviceRule, Pattern, Rule, RuleFlag
 
 records = st.builds(

@@ -6,14 +6,14 @@ import struct
 
 import pytest
 
-from hidbpfd.backends import libbpf as lb
-from hidbpfd.bpf import OPS_OBJECT
+from hidbpfd.kernel import libbpf as lb
+from hidbpfd.kernel.bpf import OPS_OBJECT
 
 
 @pytest.fixture
 def image() -> bytes:
     if not OPS_OBJECT.exists():
-        pytest.skip(f"{OPS_OBJECT} not built (python -m hidbpfd.bpf.build)")
+        pytest.skip(f"{OPS_OBJECT} not built (python -m hidbpfd.kernel.bpf.build)")
     return OPS_OBJECT.read_bytes()
 
 

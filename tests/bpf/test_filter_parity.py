@@ -1,4 +1,4 @@
-"""The C filter (through the feeder and the ring buffer) agrees with hidbpfd.filter.Filter.
+"""The C filter (through the feeder and the ring buffer) agrees with hidbpfd.engine.filter.Filter.
 
 One table of (rules, reports) with the expected (matched, held, truncated) per report (None:
 no rule fired), checked against both implementations, plus the armed mask after every
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hidbpfd.backends.bpf import VERDICT_HOLD, VERDICT_NOTIFY, VERDICT_QUIET
-from hidbpfd.filter import RECORD_DATA_MAX, Filter, Verdict
+from hidbpfd.engine.filter import RECORD_DATA_MAX, Filter, Verdict
+from hidbpfd.kernel.source import VERDICT_HOLD, VERDICT_NOTIFY, VERDICT_QUIET
 from hidbpfd.model import ANY_REPORT, RULES_MAX, DeviceRule, Pattern, Rule, RuleFlag
 from tests.bpf.conftest import Collected, new_hid_id
 

@@ -4,7 +4,7 @@ The struct_ops holds matching reports from hidraw and reports them; the injector
 report into the device's stream (passing the filter untouched), send output reports and
 set/get feature reports. Skipped with the probe's reason where HID-BPF or uhid is missing.
 
-The device is the package's :class:`~hidbpfd.backends.uhid.UhidDevice`, played on the test's
+The device is the package's :class:`~hidbpfd.devices.uhid.UhidDevice`, played on the test's
 own loop (:func:`~tests.device.conftest.run`): it answers the kernel's GET/SET_REPORT from the
 loop while an injector call that waits for that answer runs off it (``asyncio.to_thread``).
 """
@@ -20,16 +20,16 @@ from typing import Final
 
 import pytest
 
-from hidbpfd.backends.hidraw import HidrawReader
-from hidbpfd.backends.uhid import (
+from hidbpfd.devices.hidraw import HidrawReader
+from hidbpfd.devices.uhid import (
     BUS_VIRTUAL,
     UHID_GET_REPORT,
     UHID_OUTPUT,
     UHID_SET_REPORT,
     UhidDevice,
 )
+from hidbpfd.kernel.probe import probe
 from hidbpfd.model import DeviceRule, Pattern, Rule, RuleFlag
-from hidbpfd.probe import probe
 from tests.bpf.conftest import Collected, require_bpf
 from tests.device.conftest import run
 

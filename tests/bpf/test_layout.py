@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from hidbpfd.backends import bpf as B
-from hidbpfd.bpf import HEADER
-from hidbpfd.filter import RECORD_DATA_MAX
+from hidbpfd.engine.filter import RECORD_DATA_MAX
+from hidbpfd.kernel import source as B
+from hidbpfd.kernel.bpf import HEADER
 from hidbpfd.model import PATTERN_MAX, RULES_MAX, RuleFlag
 
 

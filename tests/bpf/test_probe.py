@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hidbpfd import probe as probe_mod
+from hidbpfd.kernel import probe as probe_mod
 
 EXPECTED = {
     "kernel",

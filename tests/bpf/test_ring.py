@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from hidbpfd.backends.bpf import RECORD_SIZE, VERDICT_DROPPED, VERDICT_HOLD, BpfEventSource, Record
-from hidbpfd.filter import Filter
+from hidbpfd.engine.filter import Filter
+from hidbpfd.kernel.source import RECORD_SIZE, VERDICT_DROPPED, VERDICT_HOLD, BpfEventSource, Record
 from hidbpfd.model import ANY_REPORT, DeviceRule, Pattern, Rule, RuleFlag
 from tests.bpf.conftest import Collected, new_hid_id, require_bpf
 

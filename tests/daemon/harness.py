@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from hidbpfd.backends.udev import HidDevice
 from hidbpfd.daemon import Daemon
+from hidbpfd.devices.udev import HidDevice
 from hidbpfd.model import DeviceId
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,8 +97,8 @@ class Running:
 @asynccontextmanager
 async def running(tmp_path: Path, **daemon_kwargs: Any) -> AsyncIterator[Running]:
     daemon_kwargs.setdefault("sleep_bus", None)
-    from hidbpfd.backends.bpf import BpfEventSource, BpfUnavailable
-    from hidbpfd.backends.libbpf import BpfError
+    from hidbpfd.kernel.libbpf import BpfError
+    from hidbpfd.kernel.source import BpfEventSource, BpfUnavailable
 
     class FeederSource(BpfEventSource):
         """The real source; this kernel has no HID device to attach to, so 'attaching'

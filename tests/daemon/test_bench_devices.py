@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from hidbpfd.backends.kernel_engine import params_reason
 from hidbpfd.bench import devices as D
 from hidbpfd.bench import report
 from hidbpfd.cli import main
 from hidbpfd.config import load
+from hidbpfd.kernel.engine import params_reason
 from hidbpfd.model import DeviceId
 from hidbpfd.policies.defer import Defer
 
@@ -122,8 +122,8 @@ def test_proc_counters_of_this_process() -> None:
 
 
 def test_bpf_run_time_statistics_count_a_real_program() -> None:
-    from hidbpfd.backends.bpf import BpfEventSource, BpfUnavailable
-    from hidbpfd.backends.libbpf import BpfError
+    from hidbpfd.kernel.libbpf import BpfError
+    from hidbpfd.kernel.source import BpfEventSource, BpfUnavailable
 
     src = BpfEventSource(lambda _r: None, ring_bytes=1 << 16)
     try:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from hidbpfd.backends import sdbus, sleep
-from hidbpfd.backends.sdbus import Bus, SdBusError
-from hidbpfd.backends.sleep import LOGIN1, LOGIN1_PATH, MANAGER, SleepWatcher
+from hidbpfd.service import sdbus, sleep
+from hidbpfd.service.sdbus import Bus, SdBusError
+from hidbpfd.service.sleep import LOGIN1, LOGIN1_PATH, MANAGER, SleepWatcher
 from tests.daemon.harness import PEN, VEND, running, until
 
 pytestmark = [

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from hidbpfd.backends.control import request, stream
-from hidbpfd.backends.notify import Notifier
+from hidbpfd.service.control import request, stream
+from hidbpfd.service.notify import Notifier
 from tests.daemon.harness import KBD, OUT_OF_PROX, PEN, running, until
 
 pytestmark = pytest.mark.bpf

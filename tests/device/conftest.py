@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from hidbpfd.backends.uhid import BUS_USB, UhidDevice
 from hidbpfd.bench.devices import DESCRIPTOR as BENCH_DESCRIPTOR
+from hidbpfd.devices.uhid import BUS_USB, UhidDevice
 
 T = TypeVar("T")
 

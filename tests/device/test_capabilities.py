@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hidbpfd.recording import load as load_rec
+from hidbpfd.replay.recording import load as load_rec
 from tests.device.conftest import run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +30,7 @@ sys.path.insert(0, sys.argv[2])
 kid = int(sys.argv[1])
 out = {}
 try:
-    from hidbpfd.backends.bpf import BpfEventSource
+    from hidbpfd.kernel.source import BpfEventSource
     from hidbpfd.model import DeviceRule, Pattern, Rule, RuleFlag
     src = BpfEventSource(lambda r: None, ring_bytes=1 << 16)
     src.open(); out["load"] = "ok"
@@ -74,7 +74,7 @@ def try_caps(caps: tuple[str, ...], kid: int) -> dict[str, str]:
 
 
 def test_capabilities(uhid_available: None) -> None:
-    from hidbpfd.backends.uhid import UhidDevice
+    from hidbpfd.devices.uhid import UhidDevice
 
     rec = load_rec(ROOT / "tests/captures/pen-proximity.hid").devices[0]
 

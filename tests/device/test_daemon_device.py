@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from hidbpfd.live import LiveSession
-from hidbpfd.recording import RecordedDevice
-from hidbpfd.recording import load as load_rec
+from hidbpfd.replay.live import LiveSession
+from hidbpfd.replay.recording import RecordedDevice
+from hidbpfd.replay.recording import load as load_rec
 from tests.device.conftest import open_fds, run
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from hidbpfd.backends.hidraw import (
+from hidbpfd.devices.hidraw import (
     HIDIOCGFEATURE,
     HIDIOCSFEATURE,
     DeviceGone,
@@ -19,7 +19,7 @@ from hidbpfd.backends.hidraw import (
     HidrawTimeout,
     ReportRefused,
 )
-from hidbpfd.backends.uhid import (
+from hidbpfd.devices.uhid import (
     UHID_FEATURE_REPORT,
     UHID_GET_REPORT,
     UHID_OUTPUT,

@@ -29,14 +29,14 @@ import evdev
 import pytest
 from evdev import ecodes as e
 
-from hidbpfd.backends.devices import BpfInjector, injector_factory
-from hidbpfd.backends.hidraw import HidrawReader
-from hidbpfd.backends.udev import HidDevice, device_id_from
-from hidbpfd.backends.uhid import SYSFS_UHID, UhidDevice
-from hidbpfd.backends.uhid_mirror import NAME_SUFFIX, PHYS_SUFFIX, UhidMirror, _fit, is_mirror
-from hidbpfd.backends.uinput import UinputInjector
+from hidbpfd.devices.chooser import BpfInjector, injector_factory
+from hidbpfd.devices.hidraw import HidrawReader
+from hidbpfd.devices.udev import HidDevice, device_id_from
+from hidbpfd.devices.uhid import SYSFS_UHID, UhidDevice
+from hidbpfd.devices.uhid_mirror import NAME_SUFFIX, PHYS_SUFFIX, UhidMirror, _fit, is_mirror
+from hidbpfd.devices.uinput import UinputInjector
 from hidbpfd.model import DeviceId
-from hidbpfd.recording import load
+from hidbpfd.replay.recording import load
 from tests.device.conftest import open_fds, run
 
 CAPTURES = Path(__file__).resolve().parents[1] / "captures"
@@ -66,7 +66,7 @@ def probe_says(uhid: bool | None, uinput: bool | None) -> Callable[[], Checks]:
     """A probe answer; None for an option means "ask the real probe"."""
 
     def answer() -> Checks:
-        from hidbpfd.probe import probe
+        from hidbpfd.kernel.probe import probe
 
         real = probe(load=False)
         out = dict(real)
@@ -105,7 +105,7 @@ def test_in_kernel_injector_comes_first(tmp_path: Path) -> None:
 
 
 def test_a_mirror_gets_no_sink(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, "hidbpfd.backends.devices")
+    caplog.set_level(logging.INFO, "hidbpfd.devices.chooser")
     hd, sys_root = fake_device(
         tmp_path, MACRO.descriptor, name=MACRO.name + NAME_SUFFIX, phys=MACRO.phys + PHYS_SUFFIX
     )
@@ -245,7 +245,7 @@ EXPECTED_KEYS = ["KEY_LEFTCTRL 1", "KEY_C 1", "SYN", "KEY_LEFTCTRL 0", "KEY_C 0"
 
 
 def test_uhid_mirror(uhid_available: None, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, "hidbpfd.backends")
+    caplog.set_level(logging.INFO, "hidbpfd.devices")
 
     async def body() -> None:
         async with original() as hd:

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from hidbpfd.config import load
-from hidbpfd.dispatch import Outcome
-from hidbpfd.recording import RecordedDevice, Recording
-from hidbpfd.recording import load as load_rec
-from hidbpfd.replay import TraceLine, replay
-from hidbpfd.replay_uhid import SETTLE_S
+from hidbpfd.engine.dispatch import Outcome
+from hidbpfd.replay.recording import RecordedDevice, Recording
+from hidbpfd.replay.recording import load as load_rec
+from hidbpfd.replay.via_uhid import SETTLE_S
+from hidbpfd.replay.virtual import TraceLine, replay
 from tests.device.conftest import run
 from tests.device.test_replay_uhid import compare
 from tests.replay.test_captures import CAPTURES
@@ -42,7 +42,7 @@ def kernel_config(tmp_path: Path) -> Path:
 async def observe(rec: Recording, cfg_path: Path, resume: bool = False) -> dict[str, Any]:
     """Play ``rec`` with the daemon on ``cfg_path``; the trace, the reports-as-sent replay, and
     what the daemon says about its engines (optionally after a resume at the end)."""
-    from hidbpfd.live import LiveSession
+    from hidbpfd.replay.live import LiveSession
 
     cfg = load([cfg_path])
     virtual = list(replay(rec, cfg))
@@ -240,7 +240,7 @@ def test_refused_file_runs_nothing_and_says_why(uhid_available: None, tmp_path: 
 def test_engine_writes_records_only_while_observed(uhid_available: None, tmp_path: Path) -> None:
     """Nobody listening: the engine still does its work and counts it, but writes no record
     (the daemon is not woken per report); listening again brings every step's record back."""
-    from hidbpfd.live import LiveSession, settle_udev
+    from hidbpfd.replay.live import LiveSession, settle_udev
 
     rec = load_rec(ROOT / "tests/captures/macro-key.hid")
     trigger = bytes.fromhex("01006800")  # F13: the macro (two injected reports)

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from hidbpfd.config import load
-from hidbpfd.recording import load as load_rec
-from hidbpfd.replay import TraceLine, replay
+from hidbpfd.replay.recording import load as load_rec
+from hidbpfd.replay.virtual import TraceLine, replay
 from tests.replay.test_captures import CAPTURES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +49,7 @@ def compare(virtual: list[TraceLine], real: list[TraceLine]) -> tuple[list[str],
 
 @pytest.mark.parametrize("name", sorted(CAPTURES))
 def test_real_trace_equals_virtual(name: str, uhid_available: None) -> None:
-    from hidbpfd.replay_uhid import observe
+    from hidbpfd.replay.via_uhid import observe
 
     rec = load_rec(ROOT / "tests/captures" / f"{name}.hid")
     cfg_paths = [str(ROOT / "config")]

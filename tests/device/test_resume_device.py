@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hidbpfd.live import LiveSession
-from hidbpfd.recording import load as load_rec
+from hidbpfd.replay.live import LiveSession
+from hidbpfd.replay.recording import load as load_rec
 from tests.daemon.test_resume_host import CONF, emit_prepare_for_sleep
 from tests.device.conftest import run
 

@@ -11,8 +11,8 @@ import struct
 
 import pytest
 
-from hidbpfd.backends.hidraw import HidrawReader, HidrawReportIO
-from hidbpfd.backends.uhid import (
+from hidbpfd.devices.hidraw import HidrawReader, HidrawReportIO
+from hidbpfd.devices.uhid import (
     UHID_CLOSE,
     UHID_DEV_NUMBERED_FEATURE_REPORTS,
     UHID_DEV_NUMBERED_INPUT_REPORTS,

@@ -10,8 +10,8 @@ import pytest
 
 from hidbpfd.cli import main
 from hidbpfd.config import load
-from hidbpfd.recording import load as load_rec
-from hidbpfd.replay import replay
+from hidbpfd.replay.recording import load as load_rec
+from hidbpfd.replay.virtual import replay
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPTURES = {

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from hidbpfd.config import load
-from hidbpfd.recording import load as load_rec
-from hidbpfd.replay import replay
+from hidbpfd.replay.recording import load as load_rec
+from hidbpfd.replay.virtual import replay
 from tests.replay.test_captures import CAPTURES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def bpf_backend() -> Iterator[object]:
-    from hidbpfd.replay_bpf import BpfFilterBackend, BpfUnavailable
+    from hidbpfd.replay.via_bpf import BpfFilterBackend, BpfUnavailable
 
     try:
         be = BpfFilterBackend.open()

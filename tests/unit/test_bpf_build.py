@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from hidbpfd.bpf import BPF_DIR
-from hidbpfd.bpf.build import WQ_IMPL_SUFFIX, variants
-from hidbpfd.probe import KernelBtf
+from hidbpfd.kernel.bpf import BPF_DIR
+from hidbpfd.kernel.bpf.build import WQ_IMPL_SUFFIX, variants
+from hidbpfd.kernel.probe import KernelBtf
 
 
 def test_sources_using_bpf_wq_get_both_builds() -> None:

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hidbpfd.config import Config, load
-from hidbpfd.recording import RecordedDevice, Recording
-from hidbpfd.replay import replay
+from hidbpfd.replay.recording import RecordedDevice, Recording
+from hidbpfd.replay.virtual import replay
 
 DELAY_NS = 20 * 1_000_000
 OTHER = ["02 20", "02 21", "05"]  # in range / in range + tip / another report

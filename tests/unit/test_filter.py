@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hidbpfd.filter import RECORD_DATA_MAX, Filter, RuleTableError
+from hidbpfd.engine.filter import RECORD_DATA_MAX, Filter, RuleTableError
 from hidbpfd.model import ANY_REPORT, DeviceRule, Pattern, Rule, RuleFlag
 
 H, A, W = RuleFlag.HOLD, RuleFlag.ARM, RuleFlag.WHEN_ARMED

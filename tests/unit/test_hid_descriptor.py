@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hidbpfd.hid_descriptor import (
+from hidbpfd.devices.descriptor import (
     DescriptorError,
     Field,
     ItemType,
@@ -17,7 +17,7 @@ from hidbpfd.hid_descriptor import (
     parse,
     usage_name,
 )
-from hidbpfd.recording import load
+from hidbpfd.replay.recording import load
 
 CAPTURES = Path(__file__).resolve().parents[1] / "captures"
 IN, OUT, FEAT = ReportKind.INPUT, ReportKind.OUTPUT, ReportKind.FEATURE

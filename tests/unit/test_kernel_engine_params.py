@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from hidbpfd.backends import kernel_engine as K
-from hidbpfd.backends.bpf import DEVICE_RULES_SIZE, RULE_SIZE
-from hidbpfd.bpf import BPF_DIR
 from hidbpfd.config import load
-from hidbpfd.dispatch import Binding, Outcome
+from hidbpfd.engine.dispatch import Binding, Outcome
+from hidbpfd.kernel import engine as K
+from hidbpfd.kernel.bpf import BPF_DIR
+from hidbpfd.kernel.source import DEVICE_RULES_SIZE, RULE_SIZE
 from hidbpfd.model import DeviceId, Pattern
 from hidbpfd.policies.defer import Defer
 from hidbpfd.policies.inject import InjectPolicy
@@ -290,7 +290,7 @@ def test_limits_are_inclusive() -> None:
 
 
 def test_kernel_reason_matches_this_kernel() -> None:
-    from hidbpfd.probe import probe
+    from hidbpfd.kernel.probe import probe
 
     reason = K.kernel_reason()
     facts = probe(load=False)
@@ -425,7 +425,7 @@ def test_daemon_attaches_the_engine_instead_of_the_dispatch(tmp_path: Path) -> N
             st = next(x for x in r.d.status()["devices"] if x["hid_id"] == PEN.key)
             assert st["engine"] == "kernel" and st["bpf"] == "fake engine"
             assert st["counters"]["seen"] == 7 and st["kernel_stats"]["injected"] == 2
-            from hidbpfd.status_text import render_status
+            from hidbpfd.service.status_text import render_status
 
             text = render_status(r.d.status())
             assert "fake engine" in text and "trust-no-out-of-proximity" in text
@@ -442,7 +442,7 @@ def test_daemon_attaches_the_engine_instead_of_the_dispatch(tmp_path: Path) -> N
 def test_daemon_refuses_what_the_kernel_cannot_run(tmp_path: Path) -> None:
     """The real engine on this kernel (no HID-BPF here) or a fake one saying no: the file's
     policies run nowhere, the reason is logged and in status, the other devices carry on."""
-    from hidbpfd.backends.kernel_engine import KernelEngine
+    from hidbpfd.kernel.engine import KernelEngine
     from tests.daemon.harness import IN_RANGE, KBD, OUT_OF_PROX, PEN, running, until
 
     reason = K.kernel_reason()
@@ -461,7 +461,7 @@ def test_daemon_refuses_what_the_kernel_cannot_run(tmp_path: Path) -> None:
             assert PEN.key not in r.d.kernel and PEN.key not in r.d.managed
             st = next(x for x in r.d.status()["devices"] if x["hid_id"] == PEN.key)
             assert st["kernel_refused"] == why and "REFUSED" in st["bpf"]
-            from hidbpfd.status_text import render_status
+            from hidbpfd.service.status_text import render_status
 
             assert "in-kernel engine REFUSED" in render_status(r.d.status())
             # the macro keyboard (userspace) still works
@@ -531,6 +531,6 @@ def test_engine_records_only_while_someone_listens(tmp_path: Path) -> None:
 def test_engine_kfuncs_are_read_by_the_probe() -> None:
     """kernel_reason() checks the engine's kfuncs in probe.kernel_btf()'s one reading of the
     kernel's BTF: each must be among the names the probe looks up."""
-    from hidbpfd import probe
+    from hidbpfd.kernel import probe
 
     assert set(K.KFUNCS) <= set(probe.FUNCS)

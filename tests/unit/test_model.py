@@ -60,7 +60,7 @@ def test_device_kernel_id() -> None:
 def test_device_rate_limit() -> None:
     import logging
 
-    from hidbpfd.logs import DeviceRateLimit, fields
+    from hidbpfd.service.logs import DeviceRateLimit, fields
 
     now = [0.0]
     f = DeviceRateLimit(burst=3, interval=10, clock=lambda: now[0])

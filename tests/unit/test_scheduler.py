@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from hidbpfd.clock import VirtualClock
-from hidbpfd.scheduler import Scheduler
+from hidbpfd.engine.clock import VirtualClock
+from hidbpfd.engine.scheduler import Scheduler
 
 
 def make() -> tuple[Scheduler, VirtualClock, list[tuple[int, str]]]:

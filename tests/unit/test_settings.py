@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from hidbpfd.backends.realtime import apply_realtime
 from hidbpfd.cli import main
 from hidbpfd.config.errors import ConfigErrors
 from hidbpfd.config.settings import Settings, load_settings
+from hidbpfd.service.realtime import apply_realtime
 
 FULL = """\
 [daemon]

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from evdev import ecodes as e
 
-from hidbpfd.backends.uinput import HID_KEYBOARD, EventMapper, pack_events
-from hidbpfd.hid_descriptor import parse
-from hidbpfd.recording import load
+from hidbpfd.devices.descriptor import parse
+from hidbpfd.devices.uinput import HID_KEYBOARD, EventMapper, pack_events
+from hidbpfd.replay.recording import load
 from tests.unit.test_hid_descriptor import MOUSE
 
 CAPTURES = Path(__file__).resolve().parents[1] / "captures"
@@ -290,7 +290,7 @@ def test_keyboard_table_shape() -> None:
 def test_unmapped_usage_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     """One line per unmapped usage, ever: variable fields at creation, array entries at first
     sight; one line per report ID with nothing mapped."""
-    caplog.set_level(logging.INFO, logger="hidbpfd.backends.uinput")
+    caplog.set_level(logging.INFO, logger="hidbpfd.devices.uinput")
     vendor = EventMapper(parse(DESCRIPTORS["vendor"]), "dev")
     for _ in range(5):
         vendor.translate(h("10 ff 80 00"))

@@ -1,0 +1,284 @@
+"""Where the dispatch's actions go for real devices: one :class:`DeviceIO` per managed device.
+
+- **inject** goes to the device's injector, chosen once per device from what the kernel has
+  (logged): the in-kernel injector (``hid_bpf_input_report`` run with BPF_PROG_RUN — the report
+  enters the *same* device, keeping its identity), else a uhid mirror device. Injection is fast
+  and non-blocking, so it runs on the loop.
+- **output / set feature / get feature** go through the device's hidraw node. They can block
+  (a device that does not answer a GET_REPORT), so each runs off the loop with a timeout, in
+  order, by one worker task per device: a slow device never delays another one, and a
+  device's steps never overtake each other.
+
+A device that vanishes mid-write gives one log line naming the device and the policy; the
+error is counted and the other devices carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from hidbpfd.devices.hidraw import DeviceGone
+from hidbpfd.engine.dispatch import ReplyFn
+from hidbpfd.model import DeviceId
+
+log = logging.getLogger(__name__)
+
+IO_TIMEOUT_S = 1.0
+STUCK_S = 10.0
+CLOSE_WAIT_S = 2.0
+QUEUE_MAX = 256
+
+
+class Injector(Protocol):
+    """Puts a report into a device's input stream (sync, fast, non-blocking)."""
+
+    name: str
+
+    def inject(self, data: bytes) -> None:
+        """Inject one report; raises OSError on failure."""
+
+    def close(self) -> None:
+        """Release what the injector holds."""
+
+
+class ReportIO(Protocol):
+    """Output and feature reports to a device (hidraw); blocking calls, run off the loop."""
+
+    def output(self, data: bytes) -> None:
+        """Write an output report."""
+
+    def set_feature(self, data: bytes) -> None:
+        """HIDIOCSFEATURE."""
+
+    def get_feature(self, report_id: int, length: int) -> bytes:
+        """HIDIOCGFEATURE."""
+
+    def close(self) -> None:
+        """Close the node."""
+
+
+ErrorFn = Callable[[DeviceId, str, str], None]
+
+
+@dataclass(slots=True)
+class _Op:
+    kind: str
+    data: bytes
+    origin: str
+    report_id: int = 0
+    length: int = 0
+    reply: ReplyFn | None = None
+
+
+class DeviceIO:
+    """The sinks of one device, and the worker task that owns its hidraw I/O.
+
+    Created by the daemon when it starts managing a device; :meth:`close` (on removal or
+    shutdown) cancels the worker and closes the nodes.
+    """
+
+    def __init__(
+        self,
+        device: DeviceId,
+        injector: Injector | None,
+        report_io: Callable[[], ReportIO],
+        on_error: ErrorFn,
+        *,
+        timeout_s: float = IO_TIMEOUT_S,
+    ) -> None:
+        self.device = device
+        self.injector = injector
+        self._open_report_io = report_io
+        self._report_io: ReportIO | None = None
+        self.on_error = on_error
+        self.timeout_s = timeout_s
+        self._queue: asyncio.Queue[_Op] = asyncio.Queue(QUEUE_MAX)
+        self._worker = asyncio.get_running_loop().create_task(
+            self._run(), name=f"hidbpfd-io-{device.key}"
+        )
+        self.closed = False
+        self.gone = ""
+        """Why the device is known to be gone (set by the first I/O error saying so); its
+        further I/O is dropped without more log lines until the registry removes it."""
+        self.dropped = 0
+
+    # --- called by RoutingSink, on the loop ---
+
+    def inject(self, data: bytes, origin: str) -> None:
+        """Inject now (errors are reported, never raised)."""
+        if self.gone:
+            self.dropped += 1
+            return
+        if self.injector is None:
+            self._fail(origin, "inject", "no injection sink for this device (see start-up log)")
+            return
+        try:
+            self.injector.inject(data)
+        except OSError as e:
+            self._fail(origin, "inject", _oserror(e))
+
+    def submit(self, op: _Op) -> None:
+        """Queue an output/feature operation for the worker."""
+        if self.gone:
+            self._drop(op)
+            return
+        if self.closed:
+            self._fail(op.origin, op.kind, "device is gone")
+            return
+        try:
+            self._queue.put_nowait(op)
+        except asyncio.QueueFull:
+            self._fail(op.origin, op.kind, f"{QUEUE_MAX} operations already queued; dropped")
+
+    # --- the worker ---
+
+    async def _run(self) -> None:
+        # Open the node now, off the loop, so the first report is not delayed by it. asyncio.wait
+        # and not wait_for: cancelling this task must never wait for a thread stuck in the kernel.
+        opening = asyncio.get_running_loop().run_in_executor(None, self._ensure_open)
+        opened, _ = await asyncio.wait({opening}, timeout=self.timeout_s)
+        if opened and opening.exception() is not None:
+            log.debug(
+                "%s: opening the report node early failed (%s); will retry on use",
+                self.device.describe(),
+                opening.exception(),
+            )
+        while True:
+            op = await self._queue.get()
+            if self.gone:
+                self._drop(op)
+                continue
+            fut = asyncio.get_running_loop().run_in_executor(None, self._do, op)
+            start = time.monotonic()
+            done, _ = await asyncio.wait({fut}, timeout=self.timeout_s)
+            late = ""
+            if not done:
+                # The policy gets its answer now; the log line waits for the call's fate (the
+                # kernel bounds it: uhid and usbhid give up after 5 s), so a device that hangs
+                # and then vanishes gives one line, and two calls never overlap on a device.
+                if op.reply:
+                    op.reply(None, "timeout")
+                    op.reply = None
+                done, _ = await asyncio.wait({fut}, timeout=STUCK_S)
+                if not done:
+                    self._fail(
+                        op.origin,
+                        op.kind,
+                        f"no answer within {self.timeout_s + STUCK_S:g} s (device stuck)",
+                    )
+                    continue
+                late = f" after no answer for {time.monotonic() - start:.1f} s"
+            try:
+                result = fut.result()
+            except OSError as e:
+                self._fail(op.origin, op.kind, _oserror(e) + late)
+                if op.reply:
+                    op.reply(None, _oserror(e))
+                continue
+            if late:
+                self._fail(
+                    op.origin, op.kind, f"answered only{late} (timeout {self.timeout_s:g} s)"
+                )
+            elif op.reply:
+                op.reply(result, "")
+
+    def _ensure_open(self) -> ReportIO:
+        if self._report_io is None:
+            self._report_io = self._open_report_io()
+        return self._report_io
+
+    def _do(self, op: _Op) -> bytes | None:
+        rio = self._ensure_open()
+        if op.kind == "output":
+            rio.output(op.data)
+        elif op.kind == "feature":
+            rio.set_feature(op.data)
+        else:
+            return rio.get_feature(op.report_id, op.length)
+        return None
+
+    def _drop(self, op: _Op) -> None:
+        self.dropped += 1
+        if op.reply:
+            op.reply(None, f"device gone ({self.gone})")
+
+    def _fail(self, origin: str, what: str, why: str) -> None:
+        if self.gone:
+            self.dropped += 1
+            return
+        if "(device gone)" in why:
+            self.gone = why.split(" after no answer", maxsplit=1)[0]
+            why += "; dropping its further I/O until it is removed"
+        self.on_error(self.device, origin, f"{what} failed: {why}")
+
+    async def close(self) -> None:
+        """Stop the worker, close the nodes; pending operations are dropped."""
+        self.closed = True
+        self._worker.cancel()
+        done, _ = await asyncio.wait({self._worker}, timeout=CLOSE_WAIT_S)
+        if not done:
+            log.warning(
+                "%s: I/O worker did not stop within %g s", self.device.describe(), CLOSE_WAIT_S
+            )
+        for res in (self._report_io, self.injector):
+            if res is not None:
+                try:
+                    res.close()
+                except OSError as e:
+                    log.debug("%s: close: %s", self.device.describe(), e)
+
+
+def _oserror(e: OSError) -> str:
+    """One line for an I/O error; ``(device gone)`` when the device vanished (the hidraw layer
+    tells a vanished device from one refusing a report; ENODEV always means gone)."""
+    name = errno.errorcode.get(e.errno or 0, "")
+    gone = " (device gone)" if isinstance(e, DeviceGone) or e.errno == errno.ENODEV else ""
+    return f"{name or 'error'}: {e.strerror or e}{gone}"
+
+
+class RoutingSink:
+    """The dispatch's :class:`~hidbpfd.engine.dispatch.Sink` for the daemon: routes by device."""
+
+    def __init__(self, on_error: ErrorFn) -> None:
+        self.devices: dict[str, DeviceIO] = {}
+        self.on_error = on_error
+
+    def _io(self, device: DeviceId, origin: str, what: str) -> DeviceIO | None:
+        io = self.devices.get(device.key)
+        if io is None:
+            self.on_error(device, origin, f"{what} failed: device is not managed (gone?)")
+        return io
+
+    def inject(self, device: DeviceId, data: bytes, origin: str) -> None:
+        """See :class:`DeviceIO.inject`."""
+        if io := self._io(device, origin, "inject"):
+            io.inject(data, origin)
+
+    def output(self, device: DeviceId, data: bytes, origin: str) -> None:
+        """Queue an output report."""
+        if io := self._io(device, origin, "output"):
+            io.submit(_Op("output", data, origin))
+
+    def set_feature(self, device: DeviceId, data: bytes, origin: str) -> None:
+        """Queue a SET_FEATURE."""
+        if io := self._io(device, origin, "feature"):
+            io.submit(_Op("feature", data, origin))
+
+    def get_feature(
+        self, device: DeviceId, report_id: int, length: int, origin: str, reply: ReplyFn
+    ) -> None:
+        """Queue a GET_FEATURE; ``reply`` runs on the loop with the answer."""
+        io = self._io(device, origin, "get_feature")
+        if io is None:
+            reply(None, "device is not managed")
+            return
+        io.submit(_Op("get_feature", b"", origin, report_id, length, reply))
+
+
+Spawn = Callable[[Coroutine[Any, Any, None]], None]

@@ -1,0 +1,549 @@
+"""The BPF event source: rule tables into the kernel, ring-buffer records out.
+
+The daemon owns one :class:`BpfEventSource`. Data flow::
+
+    set_rules(hid_id) ──► hidbpfd_rules / hidbpfd_armed maps ──► hidbpfd_filter() (C)
+    a report: HID-BPF struct_ops | tracing fallback | feed() ──┘        │
+    hidbpfd_ring ──► epoll fd on the asyncio loop ──► consume() ──► on_record(Record)
+
+Objects: ``hidbpfd.bpf.o`` holds the maps and every program but the struct_ops;
+``hidbpfd_ops.bpf.o`` is opened once per device (its ``hid_id`` written into the image)
+with its maps reusing the main object's fds. Layouts are quoted from ``bpf/hidbpfd.h``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import logging
+import re
+import struct
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, NamedTuple
+
+from hidbpfd.engine.filter import RECORD_DATA_MAX, check_table
+from hidbpfd.kernel import libbpf as lb
+from hidbpfd.kernel import probe as probe_mod
+from hidbpfd.kernel.bpf import MAIN_OBJECT, OPS_OBJECT
+from hidbpfd.model import PATTERN_MAX, RULES_MAX, DeviceRule
+
+log = logging.getLogger("hidbpfd.kernel.bpf")
+
+# #define HIDBPFD_REC_HELD (1 << 0) / HIDBPFD_REC_TRUNCATED (1 << 1)
+REC_HELD: Final = 1 << 0
+REC_TRUNCATED: Final = 1 << 1
+
+# #define HIDBPFD_VERDICT_QUIET 0 / NOTIFY 1 / HOLD 2 / DROPPED 3: what feed() returns
+VERDICT_QUIET: Final = 0
+VERDICT_NOTIFY: Final = 1
+VERDICT_HOLD: Final = 2
+VERDICT_DROPPED: Final = 3
+
+IO_DATA_MAX: Final = 512  # HIDBPFD_IO_DATA_MAX
+
+# struct hidbpfd_record {
+# 	__u64 ts_ns; __u64 matched; __u32 hid_id; __u16 flags; __u16 len;
+# 	__u8 data[HIDBPFD_RECORD_DATA_MAX];
+# };
+RECORD_FORMAT: Final = f"<QQIHH{RECORD_DATA_MAX}s"
+RECORD_SIZE: Final = struct.calcsize(RECORD_FORMAT)  # 152
+
+# struct hidbpfd_rule {
+# 	__u8 pattern[HIDBPFD_PATTERN_MAX]; __u8 mask[HIDBPFD_PATTERN_MAX];
+# 	__u16 len; __u8 flags; __u8 group; __u8 _pad[4];
+# };
+RULE_FORMAT: Final = f"<{PATTERN_MAX}s{PATTERN_MAX}sHBB4x"
+RULE_SIZE: Final = struct.calcsize(RULE_FORMAT)  # 72
+
+# struct hidbpfd_device_rules { __u32 count; __u32 _pad; struct hidbpfd_rule rules[32]; };
+DEVICE_RULES_HEADER: Final = "<I4x"
+DEVICE_RULES_SIZE: Final = struct.calcsize(DEVICE_RULES_HEADER) + RULES_MAX * RULE_SIZE  # 2312
+
+# struct hidbpfd_feed {
+# 	__u32 hid_id; __u16 len; __u8 can_hold; __u8 _pad; __u8 data[HIDBPFD_FEED_DATA_MAX];
+# };
+FEED_FORMAT: Final = f"<IHBx{RECORD_DATA_MAX}s"
+FEED_SIZE: Final = struct.calcsize(FEED_FORMAT)  # 136
+
+# struct hidbpfd_io { __u32 hid_id; __u32 len; __u8 data[HIDBPFD_IO_DATA_MAX]; };
+IO_FORMAT: Final = f"<II{IO_DATA_MAX}s"
+IO_SIZE: Final = struct.calcsize(IO_FORMAT)  # 520
+
+SHARED_MAPS: Final = ("hidbpfd_rules", "hidbpfd_armed", "hidbpfd_ring", "hidbpfd_drops")
+TRACING_PROGRAMS: Final = ("hidbpfd_trace_fentry", "hidbpfd_trace_kprobe")
+
+# program -> kfuncs it calls
+IO_PROGRAMS: Final[dict[str, tuple[str, ...]]] = {
+    "hidbpfd_io_input": (
+        "hid_bpf_allocate_context",
+        "hid_bpf_release_context",
+        "hid_bpf_input_report",
+    ),
+    "hidbpfd_io_output": (
+        "hid_bpf_allocate_context",
+        "hid_bpf_release_context",
+        "hid_bpf_hw_output_report",
+    ),
+    "hidbpfd_io_set_feature": (
+        "hid_bpf_allocate_context",
+        "hid_bpf_release_context",
+        "hid_bpf_hw_request",
+    ),
+    "hidbpfd_io_get_feature": (
+        "hid_bpf_allocate_context",
+        "hid_bpf_release_context",
+        "hid_bpf_hw_request",
+    ),
+}
+
+_FAILED_PROG_RE: Final = re.compile(r"prog '(\w+)': (BPF program load failed: .*|failed to .*)")
+
+
+def _failed_program(lines: Sequence[str]) -> tuple[str, str] | None:
+    """(program, libbpf's reason) of the first program libbpf says failed to load."""
+    for line in lines:
+        if m := _FAILED_PROG_RE.search(line):
+            return m.group(1), m.group(2)
+    return None
+
+
+class Record(NamedTuple):
+    """One ring-buffer record (``struct hidbpfd_record``): a report the daemon must hear of.
+    (A NamedTuple: built once per record on the drain's hot path.)"""
+
+    hid_id: int
+    ts_ns: int
+    matched: int
+    flags: int
+    length: int
+    """The report's full length; ``data`` holds at most RECORD_DATA_MAX bytes of it."""
+    data: bytes
+
+    @property
+    def held(self) -> bool:
+        """The kernel kept the report from the device's readers."""
+        return bool(self.flags & REC_HELD)
+
+    @property
+    def truncated(self) -> bool:
+        """The report was longer than RECORD_DATA_MAX (so it was never held)."""
+        return bool(self.flags & REC_TRUNCATED)
+
+
+_RECORD: Final = struct.Struct(RECORD_FORMAT)
+BUSY_TURN_NS: Final = 50_000
+"""Busy polling: the longest spin on the ring between two turns of the loop (timers, fds)."""
+
+
+def decode_record(buf: bytes) -> Record:
+    """Decode one ring-buffer sample (called from the drain for every record)."""
+    ts_ns, matched, hid_id, flags, length, data = _RECORD.unpack_from(buf)
+    return Record(hid_id, ts_ns, matched, flags, length, data[: min(length, RECORD_DATA_MAX)])
+
+
+def encode_record(rec: Record) -> bytes:
+    """The inverse of :func:`decode_record` (for tests and replays)."""
+    return struct.pack(
+        RECORD_FORMAT, rec.ts_ns, rec.matched, rec.hid_id, rec.flags, rec.length, rec.data
+    )
+
+
+def encode_rules(rules: Sequence[DeviceRule]) -> bytes:
+    """``struct hidbpfd_device_rules`` for a device's table; raises RuleTableError/ValueError."""
+    check_table(rules)
+    out = bytearray(struct.pack(DEVICE_RULES_HEADER, len(rules)))
+    for dr in rules:
+        pat = dr.rule.pattern
+        if len(pat.data) > PATTERN_MAX:
+            raise ValueError(
+                f"pattern {pat} is {len(pat.data)} bytes; the kernel compares {PATTERN_MAX}"
+            )
+        # Pattern.matches compares zip(report, data, mask): bytes without a mask byte are free
+        mask = pat.mask[: len(pat.data)]
+        out += struct.pack(RULE_FORMAT, pat.data, mask, len(pat.data), int(dr.rule.flags), dr.group)
+    out += bytes(DEVICE_RULES_SIZE - len(out))
+    return bytes(out)
+
+
+def decode_rules(buf: bytes) -> list[tuple[bytes, bytes, int, int, int]]:
+    """``(pattern, mask, len, flags, group)`` per live rule of a table (for tests and dumps)."""
+    (count,) = struct.unpack_from(DEVICE_RULES_HEADER, buf)
+    hdr = struct.calcsize(DEVICE_RULES_HEADER)
+    return [struct.unpack_from(RULE_FORMAT, buf, hdr + i * RULE_SIZE) for i in range(count)]
+
+
+class BpfUnavailable(RuntimeError):
+    """A BPF feature this call needs is missing here; the message says what and why."""
+
+
+def _key(hid_id: int) -> bytes:
+    return struct.pack("<I", hid_id)
+
+
+@dataclass(slots=True)
+class _Device:
+    """How one device is attached: its HID-BPF object and link, or the tracing fallback."""
+
+    mode: str
+    obj: lb.BpfObject | None = None
+    link: lb.Link | None = None
+
+
+class BpfEventSource:
+    """Owner of the loaded BPF objects, the rule maps and the ring-buffer consumer.
+
+    Created and opened by the daemon at startup (tests: by the fixture); ``on_record`` is
+    called from :meth:`consume` on the loop thread, once per record, in ring order.
+    """
+
+    def __init__(
+        self,
+        on_record: Callable[[Record], None],
+        *,
+        obj_path: str | None = None,
+        ring_bytes: int = 1 << 20,
+    ) -> None:
+        if ring_bytes < 4096 or ring_bytes & (ring_bytes - 1):
+            raise ValueError(f"ring_bytes must be a power of 2 >= 4096, not {ring_bytes}")
+        self._on_record = on_record
+        self._obj_path = Path(obj_path) if obj_path else MAIN_OBJECT
+        self._ops_path = self._obj_path.with_name(OPS_OBJECT.name)
+        self._ring_bytes = ring_bytes
+        self._obj: lb.BpfObject | None = None
+        self._ring: lb.RingBuffer | None = None
+        self._fds: dict[str, int] = {}
+        self._loaded: set[str] = set()
+        self.skipped: dict[str, str] = {}
+        """Programs not loaded, with why (filled by :meth:`open`)."""
+        self._devices: dict[int, _Device] = {}
+        self._trace_link: lb.Link | None = None
+        self._trace_error = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reader_fd = -1
+        self._feed_ctx = ctypes.create_string_buffer(FEED_SIZE)
+        self._btf = probe_mod.KernelBtf(False, "not opened")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> None:
+        """Open and load the main object, skipping programs this kernel refuses.
+
+        Called once by the daemon before anything else. Raises BpfError/BpfUnavailable
+        when even the maps and the feeder cannot be loaded.
+        """
+        if not self._obj_path.exists():
+            raise BpfUnavailable(
+                f"{self._obj_path} not built. Try: python -m hidbpfd.kernel.bpf.build"
+            )
+        self._btf = probe_mod.kernel_btf()
+        wanted = self._wanted_programs()
+        image = self._obj_path.read_bytes()
+        if (self._btf.trace_target_arity or 5) >= 6:
+            # const volatile int hidbpfd_raw_event_nargs = 5;  (the kprobe's argument map)
+            image = lb.elf_patch(image, "hidbpfd_raw_event_nargs", 0, struct.pack("<i", 6))
+        while True:
+            obj = lb.BpfObject.open_mem(image)
+            lines: list[str] = []
+            try:
+                for name, prog in obj.programs.items():
+                    prog.set_autoload(name in wanted)
+                obj.map("hidbpfd_ring").set_max_entries(self._ring_bytes)
+                with lb.capture_log(quiet=True) as lines:
+                    obj.load()
+            except lb.BpfError as e:
+                obj.close()
+                failed = _failed_program(lines)
+                if failed is None or failed[0] == "hidbpfd_feed" or failed[0] not in wanted:
+                    for line in lines[-40:]:  # the verifier's verdict is at the end
+                        log.error("%s", line)
+                    raise
+                name, why = failed
+                wanted.discard(name)
+                self.skipped[name] = f"refused by this kernel: {why} ({e.errno})"
+                log.info("BPF program %s skipped: %s", name, self.skipped[name])
+                continue
+            break
+        self._obj = obj
+        self._loaded = wanted
+        self._fds = {name: obj.map(name).fd for name in (*SHARED_MAPS, "hidbpfd_traced")}
+        self._ring = lb.RingBuffer(self._fds["hidbpfd_ring"], self._on_sample)
+        log.info("BPF loaded: %s; skipped: %s", " ".join(sorted(wanted)), self.skipped or "none")
+
+    def _wanted_programs(self) -> set[str]:
+        wanted = {"hidbpfd_feed"}
+        if probe_mod.TRACE_TARGET in self._btf.funcs:
+            wanted.update(TRACING_PROGRAMS)
+        else:
+            for p in TRACING_PROGRAMS:
+                self.skipped[p] = f"{probe_mod.TRACE_TARGET} not in kernel BTF (no HID core)"
+        for prog, kfuncs in IO_PROGRAMS.items():
+            missing = [k for k in kfuncs if k not in self._btf.funcs]
+            if missing:
+                self.skipped[prog] = f"kfunc {', '.join(missing)} not in kernel BTF"
+            else:
+                wanted.add(prog)
+        return wanted
+
+    def close(self) -> None:
+        """Detach everything and unload (called by the daemon at shutdown; idempotent)."""
+        self.remove_from_loop()
+        for hid_id in list(self._devices):
+            self.detach_device(hid_id)
+        if self._trace_link:
+            self._trace_link.destroy()
+            self._trace_link = None
+        if self._ring:
+            self._ring.free()
+            self._ring = None
+        if self._obj:
+            self._obj.close()
+            self._obj = None
+        self._fds.clear()
+
+    def _need(self) -> lb.BpfObject:
+        if self._obj is None:
+            raise BpfUnavailable("BpfEventSource not opened")
+        return self._obj
+
+    # ------------------------------------------------------------------ rules
+
+    def set_rules(self, hid_id: int, rules: Sequence[DeviceRule]) -> None:
+        """Install or swap a device's rule table (called by the dispatch when the policies
+        for a device are loaded or reloaded). The swap is one map update, so a report sees
+        the old table or the new one; the armed mask is created at 0 and kept on a swap."""
+        self._need()
+        value = encode_rules(rules)
+        try:
+            lb.map_update(self._fds["hidbpfd_armed"], _key(hid_id), bytes(4), lb.BPF_NOEXIST)
+        except lb.BpfError as e:
+            if e.errno != errno.EEXIST:
+                raise
+        lb.map_update(self._fds["hidbpfd_rules"], _key(hid_id), value)
+
+    def clear_rules(self, hid_id: int) -> None:
+        """Forget a device's table and armed mask (device removed, or no policy left)."""
+        self._need()
+        lb.map_delete(self._fds["hidbpfd_rules"], _key(hid_id))
+        lb.map_delete(self._fds["hidbpfd_armed"], _key(hid_id))
+
+    def armed(self, hid_id: int) -> int:
+        """The device's armed mask as the kernel has it now (tests, ``status``)."""
+        self._need()
+        v = lb.map_lookup(self._fds["hidbpfd_armed"], _key(hid_id), 4)
+        return struct.unpack("<I", v)[0] if v else 0
+
+    # ------------------------------------------------------------------ devices
+
+    def attach_device(self, hid_id: int, *, modes: Sequence[str] = ("hid_bpf", "tracing")) -> str:
+        """Start filtering a device's reports (called by the registry when a device with
+        policies appears). Tries HID-BPF (can hold), then the tracing fallback (observe
+        only), or just ``modes``; returns ``"hid_bpf"``, ``"tracing"`` or
+        ``"none: <reason>"``. A device already attached keeps its mode."""
+        self._need()
+        if hid_id in self._devices:
+            return self._devices[hid_id].mode
+        reasons = []
+        if "hid_bpf" not in modes:
+            pass
+        elif not self._btf.hid_bpf:
+            reasons.append("hid_bpf: struct hid_bpf_ops not in kernel BTF")
+        elif not self._ops_path.exists():
+            reasons.append(f"hid_bpf: {self._ops_path} not built")
+        else:
+            try:
+                self._devices[hid_id] = self._attach_hid_bpf(hid_id)
+                return "hid_bpf"
+            except lb.BpfError as e:
+                reasons.append(f"hid_bpf: {e}")
+        if "tracing" in modes:
+            if self._attach_tracing(hid_id):
+                self._devices[hid_id] = _Device("tracing")
+                return "tracing"
+            reasons.append(self._trace_error)
+        return "none: " + ("; ".join(reasons) or f"no mode among {list(modes)}")
+
+    def _attach_hid_bpf(self, hid_id: int) -> _Device:
+        # struct hid_bpf_ops { int hid_id; __u32 flags; ... }: hid_id first, set before load
+        image = lb.elf_patch(
+            self._ops_path.read_bytes(), "hidbpfd_ops", 0, struct.pack("<i", hid_id)
+        )
+        if (self._btf.device_event_arity or 3) < 3:
+            # const volatile int hidbpfd_has_source = 1;  (.rodata, frozen at load)
+            image = lb.elf_patch(image, "hidbpfd_has_source", 0, struct.pack("<i", 0))
+        obj = lb.BpfObject.open_mem(image)
+        try:
+            for name in SHARED_MAPS:
+                obj.map(name).reuse_fd(self._fds[name])
+            obj.load()
+            link = obj.map("hidbpfd_ops").attach_struct_ops()
+        except BaseException:
+            obj.close()
+            raise
+        log.info("HID-BPF struct_ops attached to hid_id %d", hid_id)
+        return _Device("hid_bpf", obj, link)
+
+    def _attach_tracing(self, hid_id: int) -> str:
+        if self._trace_link is None and not self._trace_error:
+            errors = []
+            for prog in TRACING_PROGRAMS:
+                if prog not in self._loaded:
+                    errors.append(f"{prog}: {self.skipped.get(prog, 'not loaded')}")
+                    continue
+                try:
+                    with lb.capture_log(quiet=True):  # reported in attach_device's answer
+                        self._trace_link = self._need().program(prog).attach()
+                    break
+                except lb.BpfError as e:
+                    errors.append(f"{prog}: {e}")
+            if self._trace_link is None:
+                self._trace_error = "tracing: " + "; ".join(errors)
+        if self._trace_link is None:
+            return ""
+        lb.map_update(self._fds["hidbpfd_traced"], _key(hid_id), b"\x01")
+        return "tracing"
+
+    def detach_device(self, hid_id: int) -> None:
+        """Stop filtering a device (called when it goes away); its rules stay until
+        :meth:`clear_rules`."""
+        dev = self._devices.pop(hid_id, None)
+        if dev is None:
+            return
+        if dev.link:
+            dev.link.destroy()
+        if dev.obj:
+            dev.obj.close()
+        if dev.mode == "tracing" and self._fds:
+            lb.map_delete(self._fds["hidbpfd_traced"], _key(hid_id))
+
+    def has_program(self, name: str) -> bool:
+        """Whether program ``name`` was loaded (the daemon picks sinks from this)."""
+        return name in self._loaded
+
+    def can_hold(self, hid_id: int) -> bool:
+        """Whether the kernel can keep this device's reports from its readers."""
+        dev = self._devices.get(hid_id)
+        return dev is not None and dev.mode == "hid_bpf"
+
+    # ------------------------------------------------------------------ ring buffer
+
+    def _on_sample(self, raw: bytes) -> None:
+        # decode_record, inlined: once per record
+        ts_ns, matched, hid_id, flags, length, data = _RECORD.unpack_from(raw)
+        if length < RECORD_DATA_MAX:
+            data = data[:length]
+        self._on_record(Record(hid_id, ts_ns, matched, flags, length, data))
+
+    def consume(self) -> int:
+        """Drain every waiting record through ``on_record`` now; returns how many."""
+        if self._ring is None:
+            raise BpfUnavailable("BpfEventSource not opened")
+        return self._ring.consume()
+
+    def add_to_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Watch the ring's epoll fd on ``loop`` (called once by the daemon after open)."""
+        if self._ring is None:
+            raise BpfUnavailable("BpfEventSource not opened")
+        self.remove_from_loop()
+        self._reader_fd = self._ring.epoll_fd
+        loop.add_reader(self._reader_fd, self._readable)
+        self._loop = loop
+
+    def _readable(self) -> None:
+        try:
+            self.consume()
+        except Exception:
+            log.exception("BPF ring-buffer record handler failed")
+
+    async def busy_poll(self, stop: asyncio.Event) -> None:
+        """Poll the ring from the loop until ``stop`` instead of sleeping in epoll (opt-in:
+        ``run --busy-poll``). Spends one CPU to skip the idle wake-up (~100-150 µs on our
+        VMs) between a report and its action; timers and other fds are still served, since
+        every turn goes through the loop (epoll with a zero timeout)."""
+        ring = self._ring
+        if ring is None:
+            raise BpfUnavailable("BpfEventSource not opened")
+        consume = ring.consume
+        clock = time.monotonic_ns
+        while not stop.is_set():
+            # spin on the ring (no syscall: libbpf compares the producer/consumer positions)
+            # for up to BUSY_TURN_NS, then let the loop run its timers and other fds once
+            until = clock() + BUSY_TURN_NS
+            try:
+                while not consume() and clock() < until:
+                    pass
+            except Exception:
+                log.exception("BPF ring-buffer record handler failed")
+            await asyncio.sleep(0)
+
+    def remove_from_loop(self) -> None:
+        """Stop watching the ring (shutdown; idempotent)."""
+        if self._loop is not None and self._reader_fd >= 0:
+            self._loop.remove_reader(self._reader_fd)
+        self._loop = None
+        self._reader_fd = -1
+
+    def drops(self) -> int:
+        """Reports that fired a rule while the ring was full, since load (all CPUs)."""
+        self._need()
+        ncpu = lb.num_possible_cpus()
+        raw = lb.map_lookup(self._fds["hidbpfd_drops"], _key(0), 8 * ncpu) or b""
+        return sum(struct.unpack(f"<{len(raw) // 8}Q", raw))
+
+    # ------------------------------------------------------------------ BPF_PROG_RUN
+
+    def feeder_fd(self) -> int:
+        """The feeder program's fd (for a benchmark's feeding process)."""
+        return self._need().program("hidbpfd_feed").fd
+
+    def feed(self, hid_id: int, report: bytes, *, can_hold: bool = True) -> int:
+        """Run the kernel filter on ``report`` as if device ``hid_id`` had sent it (tests,
+        ``replay --via-bpf``); returns a VERDICT_* value. Records go to the ring as usual."""
+        obj = self._need()
+        if len(report) > 0xFFFF:
+            raise ValueError("report longer than 65535 bytes")
+        struct.pack_into(
+            FEED_FORMAT,
+            self._feed_ctx,
+            0,
+            hid_id,
+            len(report),
+            int(can_hold),
+            report[:RECORD_DATA_MAX],
+        )
+        return lb.prog_test_run(obj.program("hidbpfd_feed").fd, self._feed_ctx)
+
+    def _io(self, prog: str, hid_id: int, data: bytes) -> tuple[int, bytes]:
+        obj = self._need()
+        if prog not in self._loaded:
+            raise BpfUnavailable(f"{prog}: {self.skipped.get(prog, 'not loaded')}")
+        if not 1 <= len(data) <= IO_DATA_MAX:
+            raise ValueError(f"report must be 1..{IO_DATA_MAX} bytes, not {len(data)}")
+        ctx = ctypes.create_string_buffer(struct.pack(IO_FORMAT, hid_id, len(data), data), IO_SIZE)
+        ret = lb.prog_test_run(obj.program(prog).fd, ctx)
+        if ret < 0:
+            raise lb.BpfError(f"{prog}(hid_id={hid_id})", -ret)
+        return ret, ctx.raw[8 : 8 + IO_DATA_MAX]
+
+    def inject(self, hid_id: int, report: bytes) -> None:
+        """Inject an input report into the device, as if it had sent it
+        (``hid_bpf_input_report``); the struct_ops lets it pass unfiltered."""
+        self._io("hidbpfd_io_input", hid_id, report)
+
+    def output(self, hid_id: int, report: bytes) -> int:
+        """Send an output report (``hid_bpf_hw_output_report``); returns bytes sent."""
+        return self._io("hidbpfd_io_output", hid_id, report)[0]
+
+    def set_feature(self, hid_id: int, report: bytes) -> int:
+        """Set a feature report (``hid_bpf_hw_request`` SET_REPORT); report[0] is the ID."""
+        return self._io("hidbpfd_io_set_feature", hid_id, report)[0]
+
+    def get_feature(self, hid_id: int, report_id: int, length: int) -> bytes:
+        """Get a feature report (``hid_bpf_hw_request`` GET_REPORT) of up to ``length``
+        bytes, starting with the report ID."""
+        buf = bytes([report_id]) + bytes(max(length, 1) - 1)
+        n, data = self._io("hidbpfd_io_get_feature", hid_id, buf)
+        return data[:n]
