@@ -322,10 +322,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the docs test)."""
     p = argparse.ArgumentParser(
-        prog="hidbpfd", description="Deferred HID device IO on behalf of BPF events."
+        prog="hidbpfd",
+        description="Deferred HID device IO on behalf of BPF events.",
+        epilog="'hidbpfd COMMAND --help' gives a command's options. The reference is docs/ in "
+        "the source tree: docs/commands.md (every command), docs/policies.md (policy files), "
+        "docs/daemon.md (the daemon and its settings).",
     )
     p.add_argument("--version", action="version", version=f"hidbpfd {__version__}")
-    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="log level (default warning); before COMMAND",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("check", help="validate policy files or directories")
