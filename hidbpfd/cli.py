@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("check", help="validate policy files or directories")
-    c.add_argument("paths", nargs="+", metavar="PATH")
+    c.add_argument("paths", nargs="+", metavar="PATH", help="policy files or directories")
     c.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     c.set_defaults(func=_cmd_check)
 
@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument(
         "--device", choices=["uhid"], help="play it on a real uhid device in real time"
     )
-    r.add_argument("recording", metavar="RECORDING")
+    r.add_argument("recording", metavar="RECORDING", help="a hid-recorder capture (.hid)")
     r.set_defaults(func=_cmd_replay)
 
     from hidbpfd.config import DEFAULT_DIR
