@@ -10,7 +10,8 @@ added later is covered without touching this file:
   (a subcommand that hands its words to its own parser, like ``vm``, is asked ``--help``);
 - the top-level options and the epilog's pointer to the docs are there;
 - every relative link in README.md and docs/*.md reaches an existing file (and heading), and
-  every repository path quoted in backticks (``hidbpfd/...``, ``tests/...``) exists.
+  every repository path quoted in backticks (``hidbpfd/...``, ``tests/...``) exists;
+- README.md links every docs page and stays under 8 KB.
 """
 
 from __future__ import annotations
@@ -192,6 +193,16 @@ def test_quoted_paths_exist(page: Path) -> None:
         {p for p in REPO_PATH.findall(page.read_text()) if not (ROOT / p.rstrip("/")).exists()}
     )
     assert not missing, f"{page.relative_to(ROOT)} names paths that do not exist: {missing}"
+
+
+def test_readme_links_every_page() -> None:
+    readme = (ROOT / "README.md").read_text()
+    linked = {(ROOT / t.split("#")[0]).resolve() for t in _links(ROOT / "README.md", readme)}
+    missing = [p.name for p in sorted(DOCS.glob("*.md")) if p.resolve() not in linked]
+    assert not missing, (
+        f"README.md does not link {missing}: add a line '- [docs/NAME.md](docs/NAME.md): what it "
+        "holds' under 'Where to read on'"
+    )
 
 
 def test_readme_short() -> None:
