@@ -18,6 +18,7 @@ import argparse
 import collections
 import contextlib
 import os
+import re
 import selectors
 import shlex
 import signal
@@ -28,7 +29,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 from hidbpfd.vm.setup import VmAssets, VmError, cache_dir, ensure_setup
 
@@ -51,10 +52,12 @@ PASSED_ENV: Final = ("PATH", "VIRTUAL_ENV", "PYTHONPATH", "LANG", "LC_ALL", "TER
 PASSED_ENV_PREFIXES: Final = ("HIDBPFD_", "PYTEST_")
 
 READY_MARKER: Final = "hidbpfd-vm: guest ready"
+TAIL_LINES: Final = 100  # of vng's output, kept for a failure's report (a panic's trace fits)
 # What qemu prints when KVM (e.g. the paravirtual kvm_pvm) cannot run the guest; it then hangs.
 KVM_FAILURE_MARKERS: Final = ("KVM internal error", "emulation failure")
 GUEST_SETUP_FAILED: Final = 125  # the guest came up but could not load uhid & co
 TIMED_OUT: Final = 124  # as timeout(1)
+QUIET_LOGLEVEL: Final = 1  # the guest console's level unless verbose: emergencies, panics, oopses
 BOOT_RETRIES: Final = 2  # boots again after a boot that ended by itself before the ready line
 VNG_NO_EXIT_CODE: Final = 255  # virtme-run: qemu ended without the guest command's exit code
 BOOT_TIMEOUT_S: Final = 300.0  # emulated boots take ~15-20 s; a hang shows up as no marker
@@ -185,6 +188,13 @@ def vng_command(
 
     The script goes by path, not inline: virtme-ng puts ``--exec`` on the kernel command line,
     which x86 truncates at 2048 bytes (the guest then hangs without a word).
+
+    The guest kernel's console always comes to vng's stderr (``--verbose``; virtme-ng sends it
+    to /dev/null otherwise), but unless ``verbose`` at log level 1: nothing but emergencies,
+    and a panic or an oops, which raise the level themselves. So a guest that dies before it
+    says anything leaves its reason in vng's output, instead of a bare exit code 255.
+    ``--force-9p``: virtme-ng would first try a virtiofsd, and Debian 12's (qemu's C one)
+    refuses virtme-ng's options, so every boot waited ~3 s for it before falling back to 9p.
     """
     cmd = [
         str(assets.vng),
@@ -198,12 +208,15 @@ def vng_command(
         f"module_blacklist={GUEST_MODULE_BLACKLIST} modprobe.blacklist={GUEST_MODULE_BLACKLIST} "
         # every uhid device gets hid-generic: a vendor driver (hid-uclogic for XP-Pen IDs...)
         # would try to talk USB to a uhid device, fail its probe, and leave no hidraw node
-        "hid.ignore_special_drivers=1",
+        "hid.ignore_special_drivers=1 "
+        # no early-boot test of the timer interrupt: on an overloaded host an emulated vCPU
+        # can miss its ticks and the kernel panics ("IO-APIC + timer doesn't work!")
+        "no_timer_check" + ("" if verbose else f" loglevel={QUIET_LOGLEVEL}"),
+        "--verbose",
+        "--force-9p",
     ]
     if not use_kvm:
         cmd.append("--disable-kvm")
-    if verbose:
-        cmd.append("--verbose")
     for rwdir in rwdirs:
         cmd += ["--rwdir", os.path.abspath(rwdir)]
     writable = [*GUEST_OVERLAID, *(os.path.abspath(d) for d in rwdirs)]
@@ -216,39 +229,100 @@ def vng_command(
 # --- running -----------------------------------------------------------------------------------
 
 
-class _OutputPump:
-    """Copies vng's stdout/stderr through to ours, keeping a tail and watching for the marker."""
+_KERNEL_LINE: Final = re.compile(rb"^(\[ *\d+\.\d+\] |Probing EDD\b|Memory KASLR |Poking KASLR )")
+_POWER_DOWN: Final = re.compile(rb"^\[ *\d+\.\d+\] reboot: ")
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+
+def shown(line: bytes, *, ready: bool) -> bool:
+    """Whether a line of vng's output is passed through (when not verbose).
+
+    Before the guest's ready line, everything but the guest kernel's console (the boot
+    stub's and the kernel's first lines, printed before its log level is set, and anything it
+    says while booting): those lines are kept for the report of a boot that fails
+    (:func:`failure_excerpt`). From the ready line on, everything but the kernel's closing
+    ``reboot: Power down``; a panic or an oops during the command does show.
+    """
+    return not (_POWER_DOWN if ready else _KERNEL_LINE).match(line)
+
+
+@dataclass(slots=True)
+class _Stream:
+    """One of vng's pipes: where it goes, and the line being read."""
+
+    out: BinaryIO
+    line: bytes = b""
+    """The current line so far."""
+    written: bool = False
+    """Its start went through already (the rest follows as it comes)."""
+
+
+class _OutputPump:
+    """Copies vng's stdout/stderr through to ours, keeping a tail and watching for the marker.
+
+    Lines go through as they come, but a line that may be the guest kernel's waits for its end
+    (every line before the ready line, one starting with ``[`` after it), to be dropped if it is
+    (:func:`shown`); verbose, everything goes through.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes], *, verbose: bool = False) -> None:
         assert proc.stdout is not None and proc.stderr is not None
         self.selector = selectors.DefaultSelector()
-        self.selector.register(proc.stdout, selectors.EVENT_READ, sys.stdout.buffer)
-        self.selector.register(proc.stderr, selectors.EVENT_READ, sys.stderr.buffer)
-        self.tail: collections.deque[str] = collections.deque(maxlen=25)
-        self.partial: dict[int, bytes] = {}
+        self.selector.register(proc.stdout, selectors.EVENT_READ, _Stream(sys.stdout.buffer))
+        self.selector.register(proc.stderr, selectors.EVENT_READ, _Stream(sys.stderr.buffer))
+        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.ready = False
         self.kvm_failed = False
+        self.verbose = verbose
 
     def pump(self, timeout_s: float) -> bool:
         """Copy what is there within ``timeout_s``; False once both pipes are closed."""
         if not self.selector.get_map():
             return False
         for key, _ in self.selector.select(timeout_s):
+            st: _Stream = key.data
             chunk = os.read(key.fd, 65536)
             if not chunk:
                 self.selector.unregister(key.fileobj)
+                if st.line and not st.written and self._shown(st.line):
+                    st.out.write(st.line)
+                if st.line:
+                    self._note(st.line)
+                st.out.flush()
                 continue
-            out = key.data
-            out.write(chunk)
-            out.flush()
-            *lines, self.partial[key.fd] = (self.partial.get(key.fd, b"") + chunk).split(b"\n")
-            for line in lines:
-                text = line.decode(errors="replace")
-                self.tail.append(text)
-                self.ready = self.ready or text.startswith(READY_MARKER)
-                if not self.ready and any(m in text for m in KVM_FAILURE_MARKERS):
-                    self.kvm_failed = True
+            for piece in chunk.splitlines(keepends=True):
+                self._take(st, piece)
+            st.out.flush()
         return bool(self.selector.get_map())
+
+    def _take(self, st: _Stream, piece: bytes) -> None:
+        """A piece of a line, up to and including its newline if it has one."""
+        st.line += piece
+        complete = piece.endswith(b"\n")
+        if st.written:
+            st.out.write(piece)
+        elif complete:
+            if self._shown(st.line[:-1]):
+                st.out.write(st.line)
+        elif not self._may_hide(st.line):
+            st.out.write(st.line)
+            st.written = True
+        if complete:
+            self._note(st.line[:-1])
+            st.line, st.written = b"", False
+
+    def _shown(self, line: bytes) -> bool:
+        return self.verbose or shown(line, ready=self.ready)
+
+    def _may_hide(self, start: bytes) -> bool:
+        """Whether a line starting so may still turn out to be one :func:`shown` drops."""
+        return not self.verbose and (not self.ready or start.startswith(b"["))
+
+    def _note(self, line: bytes) -> None:
+        text = line.decode(errors="replace")
+        self.tail.append(text)
+        self.ready = self.ready or text.startswith(READY_MARKER)
+        if not self.ready and any(m in text for m in KVM_FAILURE_MARKERS):
+            self.kvm_failed = True
 
 
 def run_in_vm(
@@ -273,6 +347,7 @@ def run_in_vm(
     assets = assets or ensure_setup(log=lambda m: print(m, file=sys.stderr))
     workdir = os.path.abspath(cwd or os.getcwd())
     use_kvm = kvm_usable()
+    verbose = os.environ.get(VERBOSE_ENV) == "1"
     # The guest reads the script from the host's filesystem, in the cache dir it can see.
     run_dir = cache_dir() / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -289,18 +364,18 @@ def run_in_vm(
             memory=memory,
             use_kvm=use_kvm,
             rwdirs=rwdirs,
-            verbose=os.environ.get(VERBOSE_ENV) == "1",
+            verbose=verbose,
         )
         path = f"{assets.scripts_dir}{os.pathsep}{os.environ.get('PATH', '')}"
         env = {**os.environ, "PATH": path}
         attempt = 1
         while True:
-            outcome = _supervise(argv, env, workdir, timeout_s, boot_timeout_s)
+            outcome = _supervise(argv, env, workdir, timeout_s, boot_timeout_s, verbose=verbose)
             if not boot_again(outcome, attempt):
                 break
             print(
                 f"hidbpfd vm: boot {attempt} of {1 + BOOT_RETRIES} failed before the guest came "
-                f"up: {boot_failure(outcome)}; booting again",
+                f"up, booting again. It ended so: {boot_failure(outcome)}",
                 file=sys.stderr,
             )
             attempt += 1
@@ -315,7 +390,7 @@ def run_in_vm(
             f"the VM did not boot{tries}: {boot_failure(outcome)}; "
             f"kernel {assets.kernel_image}, {mode}. "
             f"Run again with {VERBOSE_ENV}=1 to see the guest's kernel console.\n"
-            f"Last lines of vng's output:\n{outcome.tail or '(none)'}"
+            f"Last lines of vng's output:\n{failure_excerpt(outcome.tail) or '(none)'}"
         )
     if outcome.killed_for:
         print(f"hidbpfd vm: {outcome.killed_for}; killed the VM", file=sys.stderr)
@@ -366,7 +441,21 @@ def boot_failure(outcome: BootOutcome) -> str:
         )
     if not outcome.tail:
         why += "; vng printed nothing"
+    elif panic := failure_excerpt(outcome.tail, 0):
+        why += f"; the guest kernel said:\n{panic}"
     return why
+
+
+def failure_excerpt(output: str, lines: int = 25) -> str:
+    """What to show of vng's output after a failure: its last ``lines`` non-blank lines, and
+    from the guest kernel's ``Kernel panic`` line on if there is one (its reason comes first,
+    then its trace)."""
+    kept = [line.rstrip() for line in output.splitlines() if line.strip()]
+    panic = next((i for i, line in enumerate(kept) if "Kernel panic" in line), None)
+    start = len(kept) - lines
+    if panic is not None:
+        start = min(start, panic)
+    return "\n".join(kept[max(start, 0) :])
 
 
 def _supervise(
@@ -375,8 +464,11 @@ def _supervise(
     cwd: str,
     timeout_s: float | None,
     boot_timeout_s: float,
+    *,
+    verbose: bool = False,
 ) -> BootOutcome:
-    """Run vng, pass its output through, kill it (and qemu) on a timeout or ^C."""
+    """Run vng, pass its output through (:class:`_OutputPump`), kill it (and qemu) on a timeout
+    or ^C."""
     started = time.monotonic()
     proc = subprocess.Popen(
         list(argv),
@@ -389,7 +481,7 @@ def _supervise(
         stderr=subprocess.PIPE,
         start_new_session=True,  # so a timeout or ^C can end vng, virtme-run and qemu together
     )
-    pump = _OutputPump(proc)
+    pump = _OutputPump(proc, verbose=verbose)
     killed_for = ""
     try:
         while pump.pump(0.5):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
@@ -18,10 +19,12 @@ from hidbpfd.vm.boot import (
     VmArgs,
     boot_again,
     boot_failure,
+    failure_excerpt,
     guest_env,
     guest_script,
     kvm_usable,
     parse_args,
+    shown,
     vng_command,
 )
 from hidbpfd.vm.setup import (
@@ -342,7 +345,7 @@ def test_run_in_vm_boots_again_after_an_early_failure(
     outcomes = [_outcome(255), _outcome(255), _outcome(3, ready=True)]
     argvs: list[list[str]] = []
 
-    def supervise(argv: list[str], *_args: object) -> BootOutcome:
+    def supervise(argv: list[str], *_args: object, **_kwargs: object) -> BootOutcome:
         argvs.append(list(argv))
         return outcomes.pop(0)
 
@@ -350,7 +353,7 @@ def test_run_in_vm_boots_again_after_an_early_failure(
     monkeypatch.setattr(boot, "_supervise", supervise)
     assert boot.run_in_vm(["true"], cwd=str(tmp_path), assets=_assets()) == 3
     err = capsys.readouterr().err
-    assert err.count("failed before the guest came up: vng exited with 255") == 2
+    assert err.count("failed before the guest came up, booting again. It ended so: vng exited") == 2
     assert "boot 1 of 3" in err and "boot 2 of 3" in err
     assert len(argvs) == 3 and argvs[0] == argvs[2]
     assert not list((tmp_path / "run").iterdir())  # the guest script is gone
@@ -361,7 +364,7 @@ def test_run_in_vm_gives_up_after_the_retries(
 ) -> None:
     calls: list[int] = []
 
-    def supervise(*_args: object) -> BootOutcome:
+    def supervise(*_args: object, **_kwargs: object) -> BootOutcome:
         calls.append(1)
         return _outcome(255)
 
@@ -371,3 +374,88 @@ def test_run_in_vm_gives_up_after_the_retries(
         boot.run_in_vm(["true"], cwd=str(tmp_path), assets=_assets())
     assert len(calls) == 1 + BOOT_RETRIES
     assert capsys.readouterr().err.count("booting again") == BOOT_RETRIES
+
+
+PANIC = [
+    "[    1.801234] Kernel panic - not syncing: IO-APIC + timer doesn't work!",
+    *(f"[    1.80{i:04d}]  frame_{i}+0x1/0x2" for i in range(40)),
+]
+
+
+def test_failure_excerpt_starts_at_the_panic() -> None:
+    output = "\n".join(["vng: something", "", *PANIC])
+    excerpt = failure_excerpt(output).splitlines()
+    assert excerpt[0] == PANIC[0] and excerpt[-1] == PANIC[-1] and "" not in excerpt
+    assert failure_excerpt("a\nb\nc", 2) == "b\nc"  # no panic: the last lines
+    assert failure_excerpt("a\nb\nc", 0) == ""
+    assert failure_excerpt("\n".join(PANIC), 0).splitlines()[0] == PANIC[0]
+
+
+def test_boot_failure_quotes_the_guest_kernel_panic() -> None:
+    why = boot_failure(BootOutcome(255, False, "", "\n".join(PANIC)))
+    assert why.startswith("vng exited with 255 (qemu ended")
+    assert "the guest kernel said:\n" + PANIC[0] in why and "printed nothing" not in why
+
+
+@pytest.mark.parametrize(
+    ("line", "before", "after"),
+    [
+        (b"[    0.000000] Linux version 7.3.4+deb13-amd64", False, True),
+        (b"[   12.345678] hid-generic 0003:1209:B0B0.0001: hidraw0", False, True),
+        (b"Probing EDD (edd=off to disable)... ok", False, True),
+        (b"Poking KASLR using RDRAND RDTSC...", False, True),
+        (b"[    1.801234] Kernel panic - not syncing: Attempted to kill init!", False, True),
+        (b"[  139.757598] reboot: Power down", False, False),
+        (b"virtme-run: error: something went wrong", True, True),
+        (b"hidbpfd-vm: modprobe uhid uinput hid-generic evdev failed", True, True),
+        (b"[1/3] not a kernel line", True, True),
+    ],
+)
+def test_the_guest_kernel_console_is_held_back_until_ready(
+    line: bytes, before: bool, after: bool
+) -> None:
+    assert shown(line, ready=False) is before
+    assert shown(line, ready=True) is after
+
+
+def test_vng_command_keeps_the_console_but_quiet() -> None:
+    quiet = vng_command(_assets(), Path("/c/g.sh"), cwd="/w", memory="2G", use_kvm=False)
+    loud = vng_command(
+        _assets(), Path("/c/g.sh"), cwd="/w", memory="2G", use_kvm=False, verbose=True
+    )
+    for cmd in (quiet, loud):
+        assert "--verbose" in cmd and "--force-9p" in cmd
+    assert quiet[quiet.index("--append") + 1].endswith(" loglevel=1")
+    assert "loglevel" not in loud[loud.index("--append") + 1]
+
+
+def test_supervise_holds_the_kernel_console_back_until_ready(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A real child printing like vng: kernel lines before the ready line stay out of our
+    output (but in the tail), everything from the ready line on goes through as it comes,
+    partial lines too."""
+    script = (
+        "printf '[    0.000000] Linux version 7\\nvirtme: starting\\n'; sleep 0.2; "
+        "printf 'Probing EDD... ok\\nhalf a '; sleep 0.2; printf 'line\\n'; printf 'err\\n' >&2; "
+        f"printf '{READY_MARKER} after 1 s\\n[    9.000000] later\\n..'; sleep 0.2; printf '..'; "
+        "sleep 0.2; printf '\\n[   10.000000] reboot: Power down\\n'"
+    )
+    out = boot._supervise(["sh", "-c", script], dict(os.environ), str(tmp_path), None, 60.0)
+    seen = capfd.readouterr()
+    assert out.ready and out.returncode == 0 and not out.killed_for
+    assert "Linux version" not in seen.out and "Probing EDD" not in seen.out
+    assert "virtme: starting\nhalf a line\n" in seen.out and seen.err == "err\n"
+    assert seen.out.endswith(f"{READY_MARKER} after 1 s\n[    9.000000] later\n....\n")
+    assert "[    0.000000] Linux version 7" in out.tail.splitlines()
+
+
+def test_supervise_passes_everything_when_verbose(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    script = "printf '[    0.000000] Linux version 7\\n'; exit 255"
+    out = boot._supervise(
+        ["sh", "-c", script], dict(os.environ), str(tmp_path), None, 60.0, verbose=True
+    )
+    assert not out.ready and out.returncode == 255
+    assert capfd.readouterr().out == "[    0.000000] Linux version 7\n"
