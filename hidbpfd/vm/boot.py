@@ -387,7 +387,7 @@ def run_in_vm(
         mode = "KVM" if use_kvm else "software emulation (no kvm_intel/kvm_amd loaded)"
         tries = f" ({attempt} attempts)" if attempt > 1 else ""
         raise VmError(
-            f"the VM did not boot{tries}: {boot_failure(outcome)}; "
+            f"the VM did not boot{tries}: {boot_failure(outcome, quote_panic=False)}; "
             f"kernel {assets.kernel_image}, {mode}. "
             f"Run again with {VERBOSE_ENV}=1 to see the guest's kernel console.\n"
             f"Last lines of vng's output:\n{failure_excerpt(outcome.tail) or '(none)'}"
@@ -429,8 +429,9 @@ def boot_again(outcome: BootOutcome, attempt: int, retries: int = BOOT_RETRIES) 
     )
 
 
-def boot_failure(outcome: BootOutcome) -> str:
-    """What went wrong with a boot that never reached the ready line, for humans."""
+def boot_failure(outcome: BootOutcome, *, quote_panic: bool = True) -> str:
+    """What went wrong with a boot that never reached the ready line, for humans; with the
+    guest kernel's panic message and trace, if it panicked and ``quote_panic``."""
     if outcome.killed_for:
         return outcome.killed_for
     why = f"vng exited with {outcome.returncode}"
@@ -441,7 +442,7 @@ def boot_failure(outcome: BootOutcome) -> str:
         )
     if not outcome.tail:
         why += "; vng printed nothing"
-    elif panic := failure_excerpt(outcome.tail, 0):
+    elif quote_panic and (panic := failure_excerpt(outcome.tail, 0)):
         why += f"; the guest kernel said:\n{panic}"
     return why
 

@@ -395,6 +395,7 @@ def test_boot_failure_quotes_the_guest_kernel_panic() -> None:
     why = boot_failure(BootOutcome(255, False, "", "\n".join(PANIC)))
     assert why.startswith("vng exited with 255 (qemu ended")
     assert "the guest kernel said:\n" + PANIC[0] in why and "printed nothing" not in why
+    assert "said" not in boot_failure(BootOutcome(255, False, "", PANIC[0]), quote_panic=False)
 
 
 @pytest.mark.parametrize(
