@@ -22,15 +22,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
     kernel_files = [f for f in cfg.files if f.engine == "kernel"]
     if kernel_files:
         # what the in-kernel engine would refuse, from the parameters alone (any kernel)
-        from pathlib import Path
-
         from hidbpfd.config.errors import ConfigError
-        from hidbpfd.config.locate import Locator
         from hidbpfd.kernel.engine import params_reason
 
         for f in kernel_files:
             if why := params_reason(f.bindings):
-                line = Locator(Path(f.path).read_text()).line("engine")
+                line = f.lines.get("engine", 1)
                 errors.append(ConfigError(f.path, line, "engine", f"the kernel cannot run: {why}"))
     for w in cfg.warnings:
         print(w, file=sys.stderr)
