@@ -76,6 +76,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         rc: int = mod.replay_uhid(rec, cfg, args)
         return rc
     backend = None
+    BpfUnavailableError: type[Exception] = RecordingError  # never raised by the pure replay
     if args.via_bpf:
         from hidbpfd.replay.via_bpf import BpfFilterBackend, BpfUnavailable
 
@@ -84,11 +85,16 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         except BpfUnavailable as e:
             print(f"hidbpfd replay --via-bpf: {e}", file=sys.stderr)
             return 1
+        BpfUnavailableError = BpfUnavailable
     from hidbpfd.replay.virtual import replay
 
     try:
         for line in replay(rec, cfg, backend=backend):
             print(line.json(), flush=False)
+    except BpfUnavailableError as e:
+        sys.stdout.flush()
+        print(f"hidbpfd replay --via-bpf: {rec.path}: {e}", file=sys.stderr)
+        return 1
     finally:
         if backend is not None:
             backend.close()
