@@ -179,6 +179,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"hidbpfd run: {e}", file=sys.stderr)
         return 1
+    from hidbpfd.service.control import ControlSocketError, check_socket_path
+
+    try:
+        if not args.no_socket:
+            check_socket_path(args.socket)  # before loading anything; start() checks again
+    except ControlSocketError as e:
+        print(f"hidbpfd run: control socket: {e}", file=sys.stderr)
+        return 1
     d = build_daemon(
         args.config,
         socket_path=None if args.no_socket else args.socket,
@@ -191,6 +199,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 1
     try:
         return asyncio.run(d.run())
+    except ControlSocketError as e:
+        print(f"hidbpfd run: control socket: {e}", file=sys.stderr)
+        return 1
     except (BpfUnavailable, BpfError) as e:
         print(
             f"hidbpfd run: cannot load the BPF programs: {e}. Try: hidbpfd probe", file=sys.stderr
