@@ -13,6 +13,8 @@ import contextlib
 import json
 import os
 import resource
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -36,11 +38,27 @@ ROOT = Path(__file__).resolve().parents[2]
 ANSWER_TIMEOUT_S = 30  # generous: a loaded, emulated machine
 
 
+BAD_FILES = {  # in the daemon's config dir from the start (issue 11 §1)
+    "60-1234__0001-nan.toml": (
+        "[device]\nvendor = 0x1234\n[[policy]]\ntype = 'defer'\nmatch = '02'\ndelay_ms = nan\n"
+    ),
+    "61-1234__0002-deep.toml": "x = " + "[" * 5000 + "]" * 5000 + "\n",
+    "62-1234__0003-dots.toml": "[" + ".".join(["a"] * 100_000) + "]\n",
+}
+GOOD_FILES = 4  # the shipped examples
+
+
 class Daemon:
     """A ``hidbpfd run`` subprocess with its socket and stderr."""
 
     def __init__(self, tmp: Path) -> None:
         self.sock = str(tmp / "control.sock")
+        self.cfg = tmp / "devices.d"
+        shutil.copytree(ROOT / "config", self.cfg)
+        for name, text in BAD_FILES.items():
+            (self.cfg / name).write_text(text)
+        os.mkfifo(self.cfg / "70-1234__0004-fifo.toml")
+        (self.cfg / "71-1234__0005-zero.toml").symlink_to("/dev/zero")
         self.err_path = tmp / "stderr.log"
         self.err = self.err_path.open("wb")
         self.proc = subprocess.Popen(
@@ -52,7 +70,7 @@ class Daemon:
                 "info",
                 "run",
                 "--config",
-                str(ROOT / "config"),
+                str(self.cfg),
                 "--socket",
                 self.sock,
             ],
@@ -444,3 +462,25 @@ def test_status_answers_with_50_monitors_under_a_report_flood(
         lat = asyncio.run(body())
     print(f"status with 50 monitors under a flood: median {statistics.median(lat) * 1000:.0f} ms")
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+def test_bad_files_at_start_do_not_stop_the_daemon(daemon: Daemon) -> None:
+    st = request(daemon.sock, "status", timeout=ANSWER_TIMEOUT_S)
+    errors = "\n".join(st["config_errors"])
+    for frag in ("nan is not a number", "nested 5000 deep", "100000 parts", "FIFO", "character"):
+        assert frag in errors, errors
+    assert "5 rejected" in daemon.stderr() and f"{GOOD_FILES} policy file(s) loaded" in (
+        daemon.stderr()
+    )
+
+
+def test_reload_and_sighup_with_bad_files_answer_without_a_traceback(daemon: Daemon) -> None:
+    res = request(daemon.sock, "reload", timeout=ANSWER_TIMEOUT_S)
+    assert res["ok"] is False and len(res["errors"]) == 5, res
+    assert any("nan is not a number" in e for e in res["errors"])
+    daemon.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + ANSWER_TIMEOUT_S
+    while time.monotonic() < deadline and daemon.stderr().count("reload:") < 1:
+        time.sleep(0.1)
+    assert "reload: " in daemon.stderr()
+    assert request(daemon.sock, "status", timeout=ANSWER_TIMEOUT_S)["reloads"] >= 2
