@@ -158,8 +158,8 @@ def parse(text: str, path: str = "<recording>") -> Recording:
                 raise _fail(where, "'I:' needs bus vendor product in hex", hint)
             d = dev()
             d.bus = _number(parts[0], where, "bus", hint, hexa=True, top=0xFFFF)
-            d.vendor = _number(parts[1], where, "vendor", hint, hexa=True, top=0xFFFFFFFF)
-            d.product = _number(parts[2], where, "product", hint, hexa=True, top=0xFFFFFFFF)
+            d.vendor = _number(parts[1], where, "vendor", hint, hexa=True, top=0xFFFF)
+            d.product = _number(parts[2], where, "product", hint, hexa=True, top=0xFFFF)
         elif tag == "R":
             toks = rest.split()
             hint = "Write 'R: 3 05 01 09' (length, then the descriptor's bytes in hex)"
@@ -199,7 +199,10 @@ def parse(text: str, path: str = "<recording>") -> Recording:
             dev().events.append((t_ns, data))
         # other tags of newer hid-recorder versions are ignored
     if not devices:
-        raise RecordingError(f"{path}: no device in recording — is it a hid-recorder capture?")
+        raise RecordingError(
+            f"{path}:1: no device in recording (no D:, I:, R: or E: line) — "
+            "is it a hid-recorder capture?"
+        )
     return Recording(path, [devices[k] for k in sorted(devices)])
 
 

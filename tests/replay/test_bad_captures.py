@@ -19,6 +19,7 @@ CASES: dict[str, tuple[str, int, str]] = {
     "I: signed": ("I: 3 +1 0905\n", 1, "bad vendor '+1'"),
     "I: too few": ("I: 3 1234\n", 1, "'I:' needs bus vendor product"),
     "I: bus too big": ("I: 10000 1234 5678\n", 1, "bus 10000 is out of range"),
+    "I: vendor over 16 bits": ("I: 5 a0030 0001\n", 1, "vendor a0030 is out of range"),
     "R: bad length": (HEAD + "R: x70 01\n", 2, "bad descriptor length 'x70'"),
     "R: bad byte": (HEAD + "R: 2 05 zz\n", 2, "bad hex byte 'zz'"),
     "R: length mismatch": (HEAD + "R: 3 05 01\n", 2, "descriptor says 3 bytes but has 2"),
