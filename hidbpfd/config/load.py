@@ -30,6 +30,8 @@ FILE_NAME: Final = re.compile(r"^\d\d-[a-z0-9]+__[a-z0-9]+-[a-z0-9][a-z0-9_-]*\.
 TOP_KEYS: Final = ("device", "policy", "engine")
 ENGINES: Final = ("userspace", "kernel")
 DEVICE_KEYS: Final = ("bus", "vendor", "product", "name", "uniq", "phys")
+MAX_FILES: Final = 1000
+"""Policy files read from one directory (each at most 256 KiB: a reload stays short)."""
 MAX_POLICIES: Final = 64
 """[[policy]] tables in one file (a device's rule table holds 32 rules anyway)."""
 
@@ -81,7 +83,18 @@ def expand(paths: Iterable[str | Path]) -> tuple[list[Path], list[ConfigError]]:
             if is_dir:
                 with os.scandir(p) as it:
                     names = sorted(e.name for e in it if e.name.endswith(".toml"))
-                out += [p / n for n in names]
+                if len(names) > MAX_FILES:
+                    errs.append(
+                        ConfigError(
+                            str(p),
+                            0,
+                            "(path)",
+                            f"{len(names)} policy files (limit {MAX_FILES}); "
+                            f"only the first {MAX_FILES} by name are loaded",
+                            "One file per device: remove the ones no device needs",
+                        )
+                    )
+                out += [p / n for n in names[:MAX_FILES]]
             elif p.exists() or p.is_symlink():
                 out.append(p)
             else:

@@ -122,3 +122,22 @@ def test_many_devices_via_bpf_fill_the_rule_map_without_a_traceback(
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert out.out.count('"kind": "inject"') >= 256
+
+
+@pytest.mark.parametrize(
+    ("hid_id", "size", "frag"),
+    [(2**32, 4, "not a 32-bit number"), (-1, 4, "not a 32-bit number"), (1, 65536, "65535")],
+)
+def test_feeder_refuses_what_it_cannot_take(
+    mode: list[str], hid_id: int, size: int, frag: str
+) -> None:
+    if not mode:
+        pytest.skip("a --via-bpf check")
+    from hidbpfd.replay.via_bpf import BpfFilterBackend
+
+    be = BpfFilterBackend.open()
+    try:
+        with pytest.raises(ValueError, match=frag):
+            be.source.feed(hid_id, bytes(size))
+    finally:
+        be.close()

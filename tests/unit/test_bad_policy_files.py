@@ -18,7 +18,7 @@ import pytest
 
 from hidbpfd.cli import main
 from hidbpfd.config import load
-from hidbpfd.config.load import MAX_POLICIES
+from hidbpfd.config.load import MAX_FILES, MAX_POLICIES
 from hidbpfd.config.locate import Locator
 from hidbpfd.config.read import MAX_FILE_BYTES, MAX_KEY_PARTS, MAX_NESTING
 
@@ -245,3 +245,14 @@ def test_locator_is_linear_on_a_header_of_spaces() -> None:
             timeout=HANG_LIMIT_S
         )
     assert (loc.line("x"), loc.line("y")) == (1, 4)
+
+
+def test_too_many_files_in_a_directory(tmp_path: Path) -> None:
+    for i in range(MAX_FILES + 1):
+        (tmp_path / f"{i:04d}.toml").write_text(
+            f"[device]\nvendor = {i}\n" + POL + "delay_ms = 1\n"
+        )
+    cfg = load([tmp_path])
+    assert len(cfg.files) == MAX_FILES
+    (e,) = cfg.errors
+    assert e.file == str(tmp_path) and f"limit {MAX_FILES}" in e.what
