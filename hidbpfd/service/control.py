@@ -400,6 +400,9 @@ class ControlServer:
         except Exception as e:  # one client's trouble is a log line, never the daemon's
             self._warn(f"internal {type(e).__name__}", "error serving a client: %r", e)
             log.debug("control socket: error serving a client", exc_info=True)
+            if writer is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(_send(writer, {"error": "internal error"}), 1.0)
         finally:
             if writer is not None:
                 writer.close()

@@ -484,3 +484,28 @@ def test_reload_and_sighup_with_bad_files_answer_without_a_traceback(daemon: Dae
         time.sleep(0.1)
     assert "reload: " in daemon.stderr()
     assert request(daemon.sock, "status", timeout=ANSWER_TIMEOUT_S)["reloads"] >= 2
+
+
+def test_a_failing_status_hook_is_an_error_answer_not_a_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+
+    def broken() -> dict[str, object]:
+        raise RuntimeError("boom")
+
+    async def body() -> bytes:
+        srv = ControlServer(str(tmp_path / "c.sock"), broken, dict, lambda fn: lambda: None)
+        await srv.start()
+        try:
+            return await asyncio.to_thread(exchange, srv.path, b'{"cmd": "status"}\n')
+        finally:
+            await srv.close()
+
+    with caplog.at_level("DEBUG"):
+        out = asyncio.run(body())
+    assert json.loads(out) == {"error": "internal error"}
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "boom" in warnings[0].getMessage()
+    assert warnings[0].exc_info is None
+    assert not (tmp_path / "c.sock").exists()
