@@ -22,15 +22,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
     kernel_files = [f for f in cfg.files if f.engine == "kernel"]
     if kernel_files:
         # what the in-kernel engine would refuse, from the parameters alone (any kernel)
-        from pathlib import Path
-
         from hidbpfd.config.errors import ConfigError
-        from hidbpfd.config.locate import Locator
         from hidbpfd.kernel.engine import params_reason
 
         for f in kernel_files:
             if why := params_reason(f.bindings):
-                line = Locator(Path(f.path).read_text()).line("engine")
+                line = f.lines.get("engine", 1)
                 errors.append(ConfigError(f.path, line, "engine", f"the kernel cannot run: {why}"))
     for w in cfg.warnings:
         print(w, file=sys.stderr)
@@ -79,6 +76,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         rc: int = mod.replay_uhid(rec, cfg, args)
         return rc
     backend = None
+    BpfUnavailableError: type[Exception] = RecordingError  # never raised by the pure replay
     if args.via_bpf:
         from hidbpfd.replay.via_bpf import BpfFilterBackend, BpfUnavailable
 
@@ -87,11 +85,16 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         except BpfUnavailable as e:
             print(f"hidbpfd replay --via-bpf: {e}", file=sys.stderr)
             return 1
+        BpfUnavailableError = BpfUnavailable
     from hidbpfd.replay.virtual import replay
 
     try:
         for line in replay(rec, cfg, backend=backend):
             print(line.json(), flush=False)
+    except BpfUnavailableError as e:
+        sys.stdout.flush()
+        print(f"hidbpfd replay --via-bpf: {rec.path}: {e}", file=sys.stderr)
+        return 1
     finally:
         if backend is not None:
             backend.close()
@@ -176,6 +179,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"hidbpfd run: {e}", file=sys.stderr)
         return 1
+    from hidbpfd.service.control import ControlSocketError, check_socket_path
+
+    try:
+        if not args.no_socket:
+            check_socket_path(args.socket)  # before loading anything; start() checks again
+    except ControlSocketError as e:
+        print(f"hidbpfd run: control socket: {e}", file=sys.stderr)
+        return 1
     d = build_daemon(
         args.config,
         socket_path=None if args.no_socket else args.socket,
@@ -188,6 +199,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 1
     try:
         return asyncio.run(d.run())
+    except ControlSocketError as e:
+        print(f"hidbpfd run: control socket: {e}", file=sys.stderr)
+        return 1
     except (BpfUnavailable, BpfError) as e:
         print(
             f"hidbpfd run: cannot load the BPF programs: {e}. Try: hidbpfd probe", file=sys.stderr

@@ -8,8 +8,8 @@ errors; the daemon logs them.
 from __future__ import annotations
 
 import difflib
+import os
 import re
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +18,7 @@ from typing import Any, Final
 from hidbpfd.config.errors import ConfigError
 from hidbpfd.config.locate import Locator
 from hidbpfd.config.match import DeviceMatch
+from hidbpfd.config.read import ReadError, read_toml
 from hidbpfd.engine.dispatch import Binding
 from hidbpfd.engine.filter import RuleTableError, check_table
 from hidbpfd.model import BUS_NAMES, DeviceId, DeviceRule
@@ -29,6 +30,10 @@ FILE_NAME: Final = re.compile(r"^\d\d-[a-z0-9]+__[a-z0-9]+-[a-z0-9][a-z0-9_-]*\.
 TOP_KEYS: Final = ("device", "policy", "engine")
 ENGINES: Final = ("userspace", "kernel")
 DEVICE_KEYS: Final = ("bus", "vendor", "product", "name", "uniq", "phys")
+MAX_FILES: Final = 1000
+"""Policy files read from one directory (each at most 256 KiB: a reload stays short)."""
+MAX_POLICIES: Final = 64
+"""[[policy]] tables in one file (a device's rule table holds 32 rules anyway)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +44,8 @@ class PolicyFile:
     match: DeviceMatch
     bindings: tuple[Binding, ...]
     engine: str = "userspace"
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+    """Where each key is (from the text that was validated: nothing reads the file twice)."""
 
 
 @dataclass(slots=True)
@@ -64,17 +71,45 @@ class Config:
 
 
 def expand(paths: Iterable[str | Path]) -> tuple[list[Path], list[ConfigError]]:
-    """Files to load: files as given, ``*.toml`` in directories, sorted by name."""
+    """Files to load: files as given, ``*.toml`` in directories, sorted by name.
+
+    A directory that cannot be listed is an error (``check`` must not say "0 files" for it);
+    entries that are not regular files are kept, so that reading them says what they are."""
     out: list[Path] = []
     errs: list[ConfigError] = []
     for p in map(Path, paths):
-        if p.is_dir():
-            out += sorted(p.glob("*.toml"), key=lambda q: q.name)
-        elif p.is_file():
-            out.append(p)
-        else:
+        try:
+            is_dir = p.is_dir()
+            if is_dir:
+                with os.scandir(p) as it:
+                    names = sorted(e.name for e in it if e.name.endswith(".toml"))
+                if len(names) > MAX_FILES:
+                    errs.append(
+                        ConfigError(
+                            str(p),
+                            0,
+                            "(path)",
+                            f"{len(names)} policy files (limit {MAX_FILES}); "
+                            f"only the first {MAX_FILES} by name are loaded",
+                            "One file per device: remove the ones no device needs",
+                        )
+                    )
+                out += [p / n for n in names[:MAX_FILES]]
+            elif p.exists() or p.is_symlink():
+                out.append(p)
+            else:
+                errs.append(
+                    ConfigError(str(p), 0, "(path)", "no such file or directory", "Check the path")
+                )
+        except OSError as e:
             errs.append(
-                ConfigError(str(p), 0, "(path)", "no such file or directory", "Check the path")
+                ConfigError(
+                    str(p),
+                    0,
+                    "(path)",
+                    f"cannot list the directory: {e.strerror}",
+                    "Check its permissions (the daemon runs as root, check as you)",
+                )
             )
     return out, errs
 
@@ -88,13 +123,13 @@ def load(
     cfg = Config(errors=errors)
     seen: dict[DeviceMatch, str] = {}
     for path in files:
-        pf, errs, warns = load_file(path, reg)
+        pf, errs, warns = _load_guarded(path, reg)
         cfg.warnings += warns
         if pf is not None and pf.match in seen:
             errs.append(
                 ConfigError(
                     str(path),
-                    _device_line(path),
+                    _device_line(pf),
                     "device",
                     f"the same [device] match ({pf.match}) is already used by {seen[pf.match]}",
                     "Put the policies for one device in one file, or make the matches differ",
@@ -109,11 +144,20 @@ def load(
     return cfg
 
 
-def _device_line(path: Path) -> int:
+def _device_line(pf: PolicyFile) -> int:
+    return pf.lines.get("device", 1)
+
+
+def _load_guarded(
+    path: Path, registry: Mapping[str, type[Policy[Any]]]
+) -> tuple[PolicyFile | None, list[ConfigError], list[ConfigError]]:
+    """:func:`load_file`, and a bug in a validator rejects that file, not the daemon's start
+    or a reload (the fuzz tier checks that this never happens)."""
     try:
-        return Locator(path.read_text()).line("device")
-    except OSError:
-        return 1
+        return load_file(path, registry)
+    except Exception as e:  # one file's bug must not stop the others
+        what = f"internal error while validating: {type(e).__name__}: {e}"
+        return None, [ConfigError(str(path), 1, "(file)", what, "Please report this bug")], []
 
 
 def load_file(
@@ -134,32 +178,9 @@ def load_file(
             )
         )
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        return (
-            None,
-            [
-                ConfigError(
-                    f, 0, "(file)", f"cannot read: {e}", "Check permissions and encoding (UTF-8)"
-                )
-            ],
-            warns,
-        )
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
-        line = int(m.group(1)) if m else 1
-        what = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
-        return (
-            None,
-            [
-                ConfigError(
-                    f, line, "(syntax)", f"invalid TOML: {what}", "Fix the TOML syntax at that line"
-                )
-            ],
-            warns,
-        )
+        text, doc = read_toml(path)
+    except ReadError as e:
+        return None, [e.error(f)], warns
     loc = Locator(text)
     errs: list[ConfigError] = []
 
@@ -181,7 +202,15 @@ def load_file(
             'Use engine = "userspace" (the daemon) or "kernel" (HID-BPF)',
         )
     match = _device(doc.get("device"), err)
-    bindings = _policies(doc.get("policy"), f, registry, err)
+    pols = doc.get("policy")
+    if isinstance(pols, list) and len(pols) > MAX_POLICIES:
+        err(
+            "policy",
+            f"{len(pols)} [[policy]] tables (limit {MAX_POLICIES})",
+            "Split them over several files, one per device",
+        )
+        return None, errs, warns
+    bindings = _policies(pols, f, registry, err)
     if not errs and match is not None:
         table = [DeviceRule(r, g) for g, b in enumerate(bindings) for r in b.policy.rules()]
         try:
@@ -194,7 +223,7 @@ def load_file(
             )
     if errs or match is None:
         return None, errs, warns
-    return PolicyFile(f, match, tuple(bindings), str(engine)), [], warns
+    return PolicyFile(f, match, tuple(bindings), str(engine), loc.lines), [], warns
 
 
 def _did_you_mean(word: str, options: Sequence[str]) -> str:

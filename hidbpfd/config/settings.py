@@ -22,14 +22,13 @@ starts, since running with half of the operator's settings would be a silent sur
 from __future__ import annotations
 
 import os
-import re
-import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Final
 
 from hidbpfd.config.errors import ConfigError, ConfigErrors
 from hidbpfd.config.locate import Locator
+from hidbpfd.config.read import ReadError, read_toml
 
 DEFAULT_FILE: Final = "/etc/hidbpfd/hidbpfd.toml"
 
@@ -108,26 +107,14 @@ def load_settings(path: str | Path, *, missing_ok: bool = False) -> Settings:
     ``missing_ok``: a missing file means the defaults (the default path is optional)."""
     p = Path(path)
     f = str(p)
+    if missing_ok and not p.exists() and not p.is_symlink():
+        return Settings()
     try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        if missing_ok:
-            return Settings()
-        raise ConfigErrors(
-            [ConfigError(f, 0, "(file)", "not found", "Create it, or drop --settings")]
-        ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigErrors(
-            [ConfigError(f, 0, "(file)", f"cannot read: {e}", "Check permissions and encoding")]
-        ) from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        m = re.search(r"\(at line (\d+), column \d+\)", str(e))
-        what = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
-        raise ConfigErrors(
-            [ConfigError(f, int(m.group(1)) if m else 1, "(syntax)", f"invalid TOML: {what}")]
-        ) from None
+        text, doc = read_toml(p)
+    except ReadError as e:
+        if e.what.startswith("cannot read: No such file"):
+            e = ReadError(0, "(file)", "not found", "Create it, or drop --settings")
+        raise ConfigErrors([e.error(f)]) from None
     loc = Locator(text)
     errs: list[ConfigError] = []
     values: dict[str, Any] = {}

@@ -503,8 +503,10 @@ class BpfEventSource:
         """Run the kernel filter on ``report`` as if device ``hid_id`` had sent it (tests,
         ``replay --via-bpf``); returns a VERDICT_* value. Records go to the ring as usual."""
         obj = self._need()
-        if len(report) > 0xFFFF:
-            raise ValueError("report longer than 65535 bytes")
+        if len(report) > 0xFFFF:  # struct hidbpfd_feed's __u16 len
+            raise ValueError(f"report of {len(report)} bytes: the feeder takes at most 65535")
+        if not 0 <= hid_id <= 0xFFFFFFFF:  # __u32 hid_id
+            raise ValueError(f"hid id {hid_id} is not a 32-bit number")
         struct.pack_into(
             FEED_FORMAT,
             self._feed_ctx,

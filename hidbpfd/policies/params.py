@@ -8,6 +8,7 @@ policy's ``from_params`` typed values. No I/O here.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -102,6 +103,8 @@ def _duration(path: str, v: object) -> int:
             path, f"expected a number of milliseconds, got {v!r}", "Write e.g. 20 or 2.5"
         )
     ms = float(v)  # type: ignore[arg-type]
+    if not math.isfinite(ms):
+        raise ParamError(path, f"{v} is not a number of milliseconds", "Write e.g. 20 or 2.5")
     if ms < 0:
         raise ParamError(path, f"negative delay {v}", "Use 0 or more milliseconds")
     if ms > MAX_DELAY_MS:

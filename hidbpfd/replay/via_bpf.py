@@ -40,13 +40,20 @@ class BpfFilterBackend:
         return cls(src, records)
 
     def set_rules(self, device: DeviceId, rules: Sequence[DeviceRule]) -> None:
-        """Install the device's table in the kernel's rule map (armed mask cleared)."""
-        self.source.set_rules(self._kid(device), rules)
+        """Install the device's table in the kernel's rule map (armed mask cleared); a map
+        the kernel refuses to fill is :class:`BpfUnavailable` (``replay`` says why, exit 1)."""
+        try:
+            self.source.set_rules(self._kid(device), rules)
+        except BpfError as e:
+            raise BpfUnavailable(f"{device.describe()}: cannot install its rules: {e}") from e
 
     def run(self, device: DeviceId, report: bytes) -> Verdict | None:
         """Feed one report to the kernel filter and collect what it put in the ring."""
         self._records.clear()
-        self.source.feed(self._kid(device), report)
+        try:
+            self.source.feed(self._kid(device), report)
+        except (BpfError, ValueError) as e:  # a report the feeder cannot take
+            raise BpfUnavailable(f"{device.describe()}: the feeder refused a report: {e}") from e
         self.source.consume()
         if not self._records:
             return None
@@ -62,6 +69,6 @@ class BpfFilterBackend:
     @staticmethod
     def _kid(device: DeviceId) -> int:
         kid = device.kernel_id
-        if kid == 0:
-            raise ValueError(f"{device.describe()} has no kernel hid id")
+        if not 0 < kid <= 0xFFFFFFFF:
+            raise BpfUnavailable(f"{device.describe()} has no kernel hid id")
         return kid

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hidbpfd.engine.filter import RECORD_DATA_MAX, Filter, Verdict
@@ -273,9 +273,7 @@ _report = st.one_of(
 )
 
 
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=150)  # the rest: the shared profile (tests/conftest.py)
 @given(
     rules=st.lists(_rule, min_size=1, max_size=RULES_MAX),
     reports=st.lists(_report, min_size=1, max_size=12),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hidbpfd.config import Config, load
@@ -47,9 +47,7 @@ events_st = st.lists(
 
 @pytest.mark.parametrize("on_cancel", ["drop", "flush"])
 @pytest.mark.parametrize("cancel_on", [None, "02 20", "05"])
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=150)  # the rest: the shared profile (tests/conftest.py)
 @given(evs=events_st)
 def test_defer_properties(
     tmp_path: Path, on_cancel: str, cancel_on: str | None, evs: list[tuple[int, int | None]]
