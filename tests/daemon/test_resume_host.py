@@ -7,6 +7,7 @@ is one warning and no resume re-initialisation."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import select
@@ -80,16 +81,12 @@ def test_resume_runs_reinit(private_bus: tuple[str, subprocess.Popen[bytes]]) ->
     asyncio.run(body())
 
 
-@pytest.fixture
-def private_bus(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+@contextlib.contextmanager
+def private_dbus(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A private dbus-daemon: its address and its process (to stop it early).
 
     Ready once it prints its address: it does so after listen(); its socket file exists from
-    bind() on, and a connect() in between is refused. The subscription timeout (10 s, for a hung
-    system bus) is a failure bound here: this bus answers, only maybe slowly on a loaded machine."""
-    monkeypatch.setattr(sleep, "SUBSCRIBE_TIMEOUT_S", LIMIT_S / 2)
+    bind() on, and a connect() in between is refused."""
     sock = tmp_path / "bus.sock"
     (tmp_path / "bus.conf").write_text(CONF.format(path=sock))
     proc = subprocess.Popen(
@@ -105,6 +102,17 @@ def private_bus(
         proc.terminate()
         proc.wait(LIMIT_S)
         proc.stdout.close()
+
+
+@pytest.fixture
+def private_bus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """:func:`private_dbus`. The subscription timeout (10 s, for a hung system bus) is only a
+    failure bound here: this bus answers, maybe slowly on a loaded machine."""
+    monkeypatch.setattr(sleep, "SUBSCRIBE_TIMEOUT_S", LIMIT_S / 2)
+    with private_dbus(tmp_path) as bus:
+        yield bus
 
 
 def no_bus_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
