@@ -32,6 +32,7 @@ from hidbpfd.kernel.probe import probe
 from hidbpfd.model import DeviceRule, Pattern, Rule, RuleFlag
 from tests.bpf.conftest import Collected, require_bpf
 from tests.device.conftest import run
+from tests.helpers import LIMIT_S
 
 pytestmark = [pytest.mark.bpf, pytest.mark.device]
 
@@ -82,8 +83,8 @@ async def device() -> AsyncIterator[tuple[UhidDevice, HidrawReader, int]]:
         phys=f"hidbpfd-test/{os.getpid()}/{next(_serial)}",
     )
     try:
-        await dev.wait_started()
-        node = await dev.wait_hidraw()
+        await dev.wait_started(LIMIT_S)
+        node = await dev.wait_hidraw(timeout_s=LIMIT_S)
         hid_id = dev.kernel_id()
         assert hid_id is not None
         with HidrawReader(node) as reader:
@@ -92,13 +93,15 @@ async def device() -> AsyncIterator[tuple[UhidDevice, HidrawReader, int]]:
         dev.destroy()
 
 
-async def reports(reader: HidrawReader, first_s: float = 1.0, next_s: float = 0.02) -> list[bytes]:
-    """What the device's readers got: reports until none comes within ``first_s`` (the first)
-    or ``next_s`` (each one after)."""
+async def reports(reader: HidrawReader, n: int, quiet_s: float = 0.05) -> list[bytes]:
+    """What the device's readers got: the next ``n`` reports (each waited for up to LIMIT_S),
+    then any that comes within ``quiet_s`` after them (one let through by mistake is right
+    behind; a slow machine can only make this miss it, never invent one)."""
     out: list[bytes] = []
     with contextlib.suppress(TimeoutError):
-        while True:
-            out.append((await reader.read(next_s if out else first_s))[1])
+        while len(out) < n:
+            out.append((await reader.read(LIMIT_S))[1])
+        out.append((await reader.read(quiet_s))[1])
     return out
 
 
@@ -120,7 +123,7 @@ def test_struct_ops_holds_and_reports(hid_bpf: Collected) -> None:
             dev.input(report(1, 0xFF, 1))  # held
             dev.input(report(1, 0xAA, 2))  # reported, passes
             dev.input(report(1, 0x00, 3))  # no rule: passes quietly
-            assert await reports(reader) == [report(1, 0xAA, 2), report(1, 0x00, 3)]
+            assert await reports(reader, 2) == [report(1, 0xAA, 2), report(1, 0x00, 3)]
             recs = hid_bpf.take()
             assert [(r.data, r.matched, r.held) for r in recs] == [
                 (report(1, 0xFF, 1), 0b01, True),
@@ -132,12 +135,12 @@ def test_struct_ops_holds_and_reports(hid_bpf: Collected) -> None:
             if "hidbpfd_io_input" in src.skipped:
                 pytest.skip(src.skipped["hidbpfd_io_input"])
             src.inject(hid_id, report(1, 0xFF, 1))
-            assert await reports(reader) == [report(1, 0xFF, 1)]
+            assert await reports(reader, 1) == [report(1, 0xFF, 1)]
             assert hid_bpf.take() == []
 
             src.detach_device(hid_id)
             dev.input(report(1, 0xFF, 4))
-            assert await reports(reader) == [report(1, 0xFF, 4)]
+            assert await reports(reader, 1) == [report(1, 0xFF, 4)]
             src.clear_rules(hid_id)
 
     run(body(), 120)
@@ -155,15 +158,15 @@ def test_output_and_feature_reports(hid_bpf: Collected) -> None:
         async with device() as (dev, _reader, hid_id):
             # the injector blocks until the device answers: off the loop, which plays the device
             assert await asyncio.to_thread(src.output, hid_id, out) == len(out)
-            assert (await dev.next_event(UHID_OUTPUT)).data == out
+            assert (await dev.next_event(UHID_OUTPUT, timeout_s=LIMIT_S)).data == out
 
             await asyncio.to_thread(src.set_feature, hid_id, feat)  # acknowledged, kept
-            ev = await dev.next_event(UHID_SET_REPORT)
+            ev = await dev.next_event(UHID_SET_REPORT, timeout_s=LIMIT_S)
             assert (ev.report_number, ev.data) == (3, feat)
 
             # answered with the last SET_REPORT of that number
             assert await asyncio.to_thread(src.get_feature, hid_id, 3, 8) == feat
-            assert (await dev.next_event(UHID_GET_REPORT)).report_number == 3
+            assert (await dev.next_event(UHID_GET_REPORT, timeout_s=LIMIT_S)).report_number == 3
 
     run(body(), 120)
 
@@ -188,13 +191,13 @@ def test_tracing_fallback_observes_without_holding(hid_bpf: Collected) -> None:
 
             dev.input(report(1, 0xFF, 1))  # HID-BPF would hold it: here it passes, reported
             dev.input(report(1, 0x00, 2))
-            assert await reports(reader) == [report(1, 0xFF, 1), report(1, 0x00, 2)]
+            assert await reports(reader, 2) == [report(1, 0xFF, 1), report(1, 0x00, 2)]
             recs = hid_bpf.take()
             assert [(r.data, r.matched, r.held) for r in recs] == [(report(1, 0xFF, 1), 1, False)]
 
             src.detach_device(hid_id)
             dev.input(report(1, 0xFF, 3))
-            assert await reports(reader) == [report(1, 0xFF, 3)]
+            assert await reports(reader, 1) == [report(1, 0xFF, 3)]
             assert hid_bpf.take() == []
             src.clear_rules(hid_id)
 

@@ -17,6 +17,7 @@ import pytest
 from hidbpfd.daemon import Daemon
 from hidbpfd.devices.udev import HidDevice
 from hidbpfd.model import DeviceId
+from tests.helpers import LIMIT_S
 
 ROOT = Path(__file__).resolve().parents[2]
 PEN = DeviceId(3, 0x28BD, 0x0905, "XP-Pen Deco Pen", hid_id="0003:28BD:0905.0101")
@@ -143,22 +144,24 @@ async def running(tmp_path: Path, **daemon_kwargs: Any) -> AsyncIterator[Running
     )  # type: ignore[arg-type]
     task = asyncio.get_running_loop().create_task(d.run())
     ready = asyncio.ensure_future(d.ready.wait())
-    done, _ = await asyncio.wait({task, ready}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    done, _ = await asyncio.wait(
+        {task, ready}, timeout=LIMIT_S, return_when=asyncio.FIRST_COMPLETED
+    )
     if task in done:
         ready.cancel()
         exc = task.exception()
         if isinstance(exc, (BpfUnavailable, BpfError, OSError)):
             pytest.skip(f"BPF unavailable here: {exc}")
         raise AssertionError(f"daemon exited early: {exc!r}")
-    assert ready in done, "daemon not ready within 10 s"
+    assert ready in done, f"daemon not ready within {LIMIT_S:g} s"
     try:
         yield Running(d, sources[0], log, watchers[0], cfg)
     finally:
         d.stop()
-        assert await asyncio.wait_for(task, 10) == 0
+        assert await asyncio.wait_for(task, LIMIT_S) == 0
 
 
-async def until(cond: Callable[[], bool], what: str, limit_s: float = 5.0) -> None:
+async def until(cond: Callable[[], bool], what: str, limit_s: float = LIMIT_S) -> None:
     """Wait for a condition; the daemon's work happens on this same loop."""
     try:
         async with asyncio.timeout(limit_s):

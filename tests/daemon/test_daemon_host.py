@@ -27,6 +27,7 @@ from tests.daemon.harness import (
     running,
     until,
 )
+from tests.helpers import LIMIT_S
 
 pytestmark = pytest.mark.bpf
 
@@ -149,7 +150,7 @@ def test_busy_poll_serves_the_ring_without_epoll(tmp_path: Path) -> None:
             r.feed(PEN, OUT_OF_PROX)  # a deferral: the timerfd still fires while polling
             await until(lambda: r.got(PEN.key, "inject") == [OUT_OF_PROX], "deferred re-inject")
             r.d.stop()
-            await asyncio.wait_for(poller, 5)
+            await asyncio.wait_for(poller, LIMIT_S)
 
     asyncio.run(body())
 

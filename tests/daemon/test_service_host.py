@@ -23,6 +23,7 @@ import pytest
 from hidbpfd.service.control import request, stream
 from hidbpfd.service.notify import Notifier
 from tests.daemon.harness import KBD, OUT_OF_PROX, PEN, running, until
+from tests.helpers import LIMIT_S
 
 pytestmark = pytest.mark.bpf
 
@@ -34,6 +35,7 @@ class NotifyListener:
     def __init__(self, path: Path) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
+        self.path = path
         self.sock.settimeout(0.05)
         self.messages: list[tuple[float, str]] = []
         self._stop = False
@@ -52,6 +54,11 @@ class NotifyListener:
         self._stop = True
         self.thread.join()
         self.sock.close()
+
+    def mark(self, text: str) -> None:
+        """Queue ``text`` on the socket: it is read in order with the daemon's datagrams."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(text.encode(), str(self.path))
 
     def states(self) -> list[str]:
         return [m for _, m in self.messages]
@@ -96,17 +103,18 @@ def test_watchdog_stops_when_the_loop_is_stuck(tmp_path: Path, notify: NotifyLis
     async def body() -> None:
         async with running(tmp_path, notifier=Notifier()):
             await until(lambda: notify.states().count("WATCHDOG=1") >= 2, "pings")
-            stuck_from = time.monotonic()
+            notify.mark("stuck")
             time.sleep(0.5)  # noqa: ASYNC251 - on purpose: the loop makes no progress for 10 ping periods
-            stuck_to = time.monotonic()
-            await until(
-                lambda: any(t > stuck_to for t, m in notify.messages if m == "WATCHDOG=1"),
-                "pings resume",
-            )
-        during = [
-            t for t, m in notify.messages if m == "WATCHDOG=1" and stuck_from + 0.02 < t < stuck_to
-        ]
-        assert during == [], f"{len(during)} watchdog pings while the loop was stuck"
+            notify.mark("unstuck")
+
+            def since_unstuck() -> list[str]:
+                states = notify.states()
+                return states[states.index("unstuck") :] if "unstuck" in states else []
+
+            await until(lambda: "WATCHDOG=1" in since_unstuck(), "pings resume")
+        states = notify.states()
+        during = states[states.index("stuck") : states.index("unstuck")].count("WATCHDOG=1")
+        assert during == 0, f"{during} watchdog pings while the loop was stuck"
 
     asyncio.run(body())
 
@@ -149,7 +157,7 @@ def test_control_socket_status_monitor_reload(tmp_path: Path) -> None:
             await until(
                 lambda: r.d.dispatch.slots[KBD.key].counters.injected == 2, "second injection"
             )
-            st = await asyncio.to_thread(request, sock, "status")
+            st = await asyncio.to_thread(request, sock, "status", timeout=LIMIT_S)
             devs = {d["hid_id"]: d for d in st["devices"]}
             assert (
                 devs[KBD.key]["counters"]["injected"] == 2
@@ -163,7 +171,7 @@ def test_control_socket_status_monitor_reload(tmp_path: Path) -> None:
             (r.cfg / "50-1209__a003-release-guard.toml").write_text(
                 "[device]\nvendor = 1\n[[policy]]\ntype = 'nope'\n"
             )
-            res = await asyncio.to_thread(request, sock, "reload")
+            res = await asyncio.to_thread(request, sock, "reload", timeout=LIMIT_S)
             assert res["ok"] is False and "unknown policy type 'nope'" in res["errors"][0]
             r.feed(PEN, OUT_OF_PROX)
             await until(

@@ -21,6 +21,7 @@ import pytest
 
 from hidbpfd.bench.devices import DESCRIPTOR as BENCH_DESCRIPTOR
 from hidbpfd.devices.uhid import BUS_USB, UhidDevice
+from tests.helpers import LIMIT_S
 
 T = TypeVar("T")
 
@@ -46,8 +47,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.device)
 
 
-def run(coro: Coroutine[Any, Any, T], timeout_s: float = 60.0) -> T:
-    """Run a test body on a fresh loop, failing it after ``timeout_s``."""
+def run(coro: Coroutine[Any, Any, T], timeout_s: float = 4 * LIMIT_S) -> T:
+    """Run a test body on a fresh loop, failing it after ``timeout_s`` (longer than the
+    LIMIT_S of each wait inside, so those fail first and say what they waited for)."""
 
     async def bounded() -> T:
         async with asyncio.timeout(timeout_s):
@@ -101,8 +103,8 @@ def vendor_device(uhid_available: None) -> DeviceFactory:
             phys=f"hidbpfd-test/{os.getpid()}/{serial}",
         )
         try:
-            await dev.wait_started()
-            node = await dev.wait_hidraw(udev=wait_udev)
+            await dev.wait_started(LIMIT_S)
+            node = await dev.wait_hidraw(LIMIT_S, udev=wait_udev)
             yield dev, node
         finally:
             dev.destroy()

@@ -16,6 +16,7 @@ import pytest
 
 from hidbpfd.replay.recording import load as load_rec
 from tests.device.conftest import run
+from tests.helpers import LIMIT_S
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT_CAPS = ("bpf", "perfmon")
@@ -82,7 +83,7 @@ def test_capabilities(uhid_available: None) -> None:
         dev = UhidDevice()
         dev.create(rec.name, rec.descriptor, rec.bus, rec.vendor, rec.product, phys="hidbpfd-caps")
         try:
-            await dev.wait_hidraw()
+            await dev.wait_hidraw(LIMIT_S)
             kid = int((dev.hid_name() or "0.0").rsplit(".", 1)[1], 16)
             results = {}
             for caps in SETS:

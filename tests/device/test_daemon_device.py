@@ -19,6 +19,7 @@ from hidbpfd.replay.live import LiveSession
 from hidbpfd.replay.recording import RecordedDevice
 from hidbpfd.replay.recording import load as load_rec
 from tests.device.conftest import open_fds, run
+from tests.helpers import LIMIT_S
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT_OF_PROX = bytes.fromhex("0200000000000000")
@@ -39,7 +40,7 @@ def config(tmp_path: Path, *, delay_ms: int = 20) -> Path:
 
 
 async def until(
-    cond: Callable[[], bool], what: str, limit_s: float = 20.0, live: LiveSession | None = None
+    cond: Callable[[], bool], what: str, limit_s: float = LIMIT_S, live: LiveSession | None = None
 ) -> None:
     deadline = time.monotonic() + limit_s
     while not cond():

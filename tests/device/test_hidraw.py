@@ -27,6 +27,7 @@ from hidbpfd.devices.uhid import (
     UHID_SET_REPORT,
     UhidEvent,
 )
+from tests.helpers import LIMIT_S
 
 from .conftest import FEATURE_ID, INPUT_ID, OUTPUT_ID, DeviceFactory, run
 
@@ -48,13 +49,13 @@ def test_errors_are_oserrors_with_errno_and_path() -> None:
 
 def test_output_report_arrives_as_uhid_output(vendor_device: DeviceFactory) -> None:
     async def body() -> None:
-        async with vendor_device() as (dev, node), HidrawSink(node) as sink:
+        async with vendor_device() as (dev, node), HidrawSink(node, timeout_s=LIMIT_S) as sink:
             latencies = []
             for i in range(20):
                 report = bytes([OUTPUT_ID, i, i + 1, i + 2, i + 3, i + 4])
                 sent = dev.clock()
                 await sink.output(report)
-                ev = await dev.next_event(UHID_OUTPUT)
+                ev = await dev.next_event(UHID_OUTPUT, timeout_s=LIMIT_S)
                 assert (ev.data, ev.report_type) == (report, UHID_OUTPUT_REPORT)
                 latencies.append(ev.received_ns - sent)
             print(f"hidraw output -> UHID_OUTPUT: p50 {statistics.median(latencies) / 1e3:.0f} µs")
@@ -64,9 +65,9 @@ def test_output_report_arrives_as_uhid_output(vendor_device: DeviceFactory) -> N
 
 def test_set_and_get_feature_round_trip(vendor_device: DeviceFactory) -> None:
     async def body() -> None:
-        async with vendor_device() as (dev, node), HidrawSink(node) as sink:
+        async with vendor_device() as (dev, node), HidrawSink(node, timeout_s=LIMIT_S) as sink:
             await sink.set_feature(bytes([FEATURE_ID, 0xAA, 0xBB]))
-            ev = await dev.next_event(UHID_SET_REPORT)
+            ev = await dev.next_event(UHID_SET_REPORT, timeout_s=LIMIT_S)
             assert (ev.report_type, ev.report_number, ev.data) == (
                 UHID_FEATURE_REPORT,
                 FEATURE_ID,
@@ -74,7 +75,7 @@ def test_set_and_get_feature_round_trip(vendor_device: DeviceFactory) -> None:
             )
             # the default GET_REPORT handler answers with the last SET_REPORT
             assert await sink.get_feature(FEATURE_ID, 3) == bytes([FEATURE_ID, 0xAA, 0xBB])
-            ev = await dev.next_event(UHID_GET_REPORT)
+            ev = await dev.next_event(UHID_GET_REPORT, timeout_s=LIMIT_S)
             assert (ev.report_type, ev.report_number) == (UHID_FEATURE_REPORT, FEATURE_ID)
 
     run(body())
@@ -85,7 +86,10 @@ def test_get_feature_through_a_handler(vendor_device: DeviceFactory) -> None:
         return bytes([ev.report_number, 0x12, 0x34]) if ev.report_number == FEATURE_ID else 0
 
     async def body() -> None:
-        async with vendor_device(get_report=answer) as (_dev, node), HidrawSink(node) as sink:
+        async with (
+            vendor_device(get_report=answer) as (_dev, node),
+            HidrawSink(node, timeout_s=LIMIT_S) as sink,
+        ):
             assert await sink.get_feature(FEATURE_ID, 3) == bytes([FEATURE_ID, 0x12, 0x34])
 
     run(body())
@@ -98,7 +102,10 @@ def test_a_deferred_reply_is_waited_for(vendor_device: DeviceFactory) -> None:
         def later(ev: UhidEvent) -> None:
             loop.call_later(0.05, dev.reply_get_report, ev.request_id, bytes([FEATURE_ID, 7, 8]))
 
-        async with vendor_device(get_report=later) as (dev, node), HidrawSink(node) as sink:
+        async with (
+            vendor_device(get_report=later) as (dev, node),
+            HidrawSink(node, timeout_s=LIMIT_S) as sink,
+        ):
             assert await sink.get_feature(FEATURE_ID, 3) == bytes([FEATURE_ID, 7, 8])
 
     run(body())
@@ -106,7 +113,7 @@ def test_a_deferred_reply_is_waited_for(vendor_device: DeviceFactory) -> None:
 
 def test_a_refused_get_feature_is_report_refused_not_gone(vendor_device: DeviceFactory) -> None:
     async def body() -> None:
-        async with vendor_device() as (_dev, node), HidrawSink(node) as sink:
+        async with vendor_device() as (_dev, node), HidrawSink(node, timeout_s=LIMIT_S) as sink:
             # nothing was SET yet, so the default handler answers with an error (EIO)
             with pytest.raises(ReportRefused) as info:
                 await sink.get_feature(FEATURE_ID, 3)
@@ -140,7 +147,10 @@ def test_destroying_the_device_during_a_feature_write_is_device_gone(
         def vanish(ev: UhidEvent) -> None:
             loop.call_soon(dev.destroy)  # the device dies instead of answering
 
-        async with vendor_device(set_report=vanish) as (dev, node), HidrawSink(node) as sink:
+        async with (
+            vendor_device(set_report=vanish) as (dev, node),
+            HidrawSink(node, timeout_s=LIMIT_S) as sink,
+        ):
             with pytest.raises(DeviceGone) as info:
                 await sink.set_feature(bytes([FEATURE_ID, 1, 2]))
             assert info.value.errno in (errno.EIO, errno.ENODEV)
@@ -178,6 +188,6 @@ def test_reader_ends_when_the_device_goes(vendor_device: DeviceFactory) -> None:
                 seen = [report async for _stamp, report in reader]
                 assert seen == [bytes([INPUT_ID, 9, 9, 9, 9])]
                 with pytest.raises(DeviceGone):
-                    await reader.read(timeout_s=1)
+                    await reader.read(timeout_s=LIMIT_S)
 
     run(body())

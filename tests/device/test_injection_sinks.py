@@ -38,6 +38,7 @@ from hidbpfd.devices.uinput import UinputInjector
 from hidbpfd.model import DeviceId
 from hidbpfd.replay.recording import load
 from tests.device.conftest import open_fds, run
+from tests.helpers import LIMIT_S
 
 CAPTURES = Path(__file__).resolve().parents[1] / "captures"
 MACRO = load(CAPTURES / "macro-key.hid").devices[0]
@@ -192,8 +193,8 @@ async def original(rec: Any = MACRO) -> AsyncIterator[HidDevice]:
         phys=f"hidbpfd-test/{os.getpid()}/{next(_serial)}",
     )
     try:
-        await dev.wait_started()
-        node = await dev.wait_hidraw(udev=False)
+        await dev.wait_started(LIMIT_S)
+        node = await dev.wait_hidraw(LIMIT_S, udev=False)
         hid = dev.hid_name()
         assert hid is not None
         did = device_id_from(hid, uevent(SYSFS_UHID / hid / "uevent"))
@@ -202,7 +203,7 @@ async def original(rec: Any = MACRO) -> AsyncIterator[HidDevice]:
         dev.destroy()
 
 
-async def until(cond: Callable[[], bool], what: str, limit_s: float = 10.0) -> None:
+async def until(cond: Callable[[], bool], what: str, limit_s: float = LIMIT_S) -> None:
     deadline = time.monotonic() + limit_s
     while not cond():
         if time.monotonic() > deadline:
@@ -217,7 +218,7 @@ def event_node(sysfs_input_parent: Path) -> str:
     return f"/dev/input/{ev.name}"
 
 
-async def read_keys(dev: evdev.InputDevice, frames: int, limit_s: float = 10.0) -> list[str]:
+async def read_keys(dev: evdev.InputDevice, frames: int, limit_s: float = LIMIT_S) -> list[str]:
     """Key presses/releases, each frame closed by "SYN", until ``frames`` frames; autorepeat
     (value 2), MSC_SCAN and frames left empty by them are left out."""
     out: list[str] = []
@@ -281,7 +282,7 @@ def test_uhid_mirror(uhid_available: None, caplog: pytest.LogCaptureFixture) -> 
                         for report in (RELEASE, CTRL_C, RELEASE):
                             mirror.inject(report)
                         for report in (RELEASE, CTRL_C, RELEASE):
-                            assert (await seen.read(5.0))[1] == report
+                            assert (await seen.read(LIMIT_S))[1] == report
                         got = await read_keys(keys, 3)
                         assert got == ["KEY_LEFTCTRL 0", "KEY_C 0", "SYN", *EXPECTED_KEYS]
                         await asyncio.sleep(0.1)

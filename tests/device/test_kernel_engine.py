@@ -23,6 +23,7 @@ from hidbpfd.replay.recording import load as load_rec
 from hidbpfd.replay.via_uhid import SETTLE_S
 from hidbpfd.replay.virtual import TraceLine, replay
 from tests.device.conftest import run
+from tests.device.test_daemon_device import until
 from tests.device.test_replay_uhid import compare
 from tests.replay.test_captures import CAPTURES
 
@@ -53,7 +54,12 @@ async def observe(rec: Recording, cfg_path: Path, resume: bool = False) -> dict[
         real = await live.play(rec, settle_s=max(tail, 0.0) + SETTLE_S)
         if resume:
             live.daemon.resumed()
-            await asyncio.sleep(0.5)
+            # the resume's output and feature report reach the device (compared exactly later)
+            grew = {k: sum(x.kind == k for x in real) + 1 for k in ("output", "feature")}
+            await until(
+                lambda: all(sum(x.kind == k for x in live.trace()) >= n for k, n in grew.items()),
+                "the resume's re-initialisation",
+            )
             real = live.trace()
         d = live.daemon
         out = {
@@ -256,11 +262,10 @@ def test_engine_writes_records_only_while_observed(uhid_available: None, tmp_pat
 
             async def press(n_injected: int) -> None:
                 live.send(dev, trigger)
-                for _ in range(500):
-                    if len(live.seen(dev, "inject")) >= n_injected:
-                        return
-                    await asyncio.sleep(0.01)
-                raise AssertionError(f"{n_injected} injections never seen")
+                await until(
+                    lambda: len(live.seen(dev, "inject")) >= n_injected,
+                    f"{n_injected} injections",
+                )
 
             await press(2)
             observed = att.records

@@ -8,6 +8,7 @@ import os
 import re
 import statistics
 import struct
+import time
 
 import pytest
 
@@ -32,6 +33,7 @@ from hidbpfd.devices.uhid import (
     pack_set_report_reply,
     parse_event,
 )
+from tests.helpers import LIMIT_S
 
 from .conftest import INPUT_ID, PRODUCT, VENDOR, VENDOR_RDESC, DeviceFactory, open_fds, run
 
@@ -169,7 +171,7 @@ def test_input_reports_reach_hidraw_readers(vendor_device: DeviceFactory) -> Non
                 for report in reports:
                     sent = dev.clock()
                     dev.input(report)
-                    stamp, got = await reader.read(timeout_s=5)
+                    stamp, got = await reader.read(timeout_s=LIMIT_S)
                     assert got == report
                     latencies.append(stamp - sent)
                 assert reader.pending() == 0
@@ -183,9 +185,9 @@ def test_open_and_close_of_the_node_are_reported(vendor_device: DeviceFactory) -
         async with vendor_device() as (dev, node):
             assert dev.open_count == 0  # udev has probed and closed the node again
             with HidrawReader(node):
-                await dev.next_event(UHID_OPEN)
+                await dev.next_event(UHID_OPEN, timeout_s=LIMIT_S)
                 assert dev.open_count == 1
-            await dev.next_event(UHID_CLOSE)
+            await dev.next_event(UHID_CLOSE, timeout_s=LIMIT_S)
             assert dev.open_count == 0
 
     run(body())
@@ -197,7 +199,7 @@ def test_set_report_is_stored_and_acknowledged(vendor_device: DeviceFactory) -> 
             rio = HidrawReportIO(node)
             try:
                 await asyncio.to_thread(rio.set_feature, b"\x05\x11\x22")
-                ev = await dev.next_event(UHID_SET_REPORT)
+                ev = await dev.next_event(UHID_SET_REPORT, timeout_s=LIMIT_S)
                 assert (ev.report_type, ev.report_number, ev.data) == (
                     UHID_FEATURE_REPORT,
                     5,
@@ -228,15 +230,16 @@ def test_100_create_destroy_cycles_leave_no_fds(vendor_device: DeviceFactory) ->
                 with HidrawReader(node) as reader:
                     # Without waiting for udev the driver may still be probing, and the kernel
                     # drops input while it does (driver_input_lock): send until one gets through.
-                    for _ in range(40):
+                    deadline = time.monotonic() + LIMIT_S
+                    while True:
                         dev.input(bytes([INPUT_ID, 1, 2, 3, 4]))
                         try:
                             await reader.read(timeout_s=0.25)
                             break
                         except TimeoutError:
-                            continue
-                    else:
-                        raise AssertionError("no input report reached hidraw within 10 s")
+                            pass
+                        if time.monotonic() > deadline:
+                            raise AssertionError(f"no input reached hidraw within {LIMIT_S:g} s")
                 HidrawReportIO(node).close()
         assert open_fds() == before
 

@@ -28,6 +28,7 @@ from hidbpfd.policies.params import Feature, Output, Verify, Wait
 from hidbpfd.policies.reinit import Reinit
 from hidbpfd.policies.release_guard import ReleaseGuard
 from tests.bpf.test_layout import c_layout, offsets
+from tests.helpers import LIMIT_S
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = BPF_DIR / "engine.h"
@@ -401,7 +402,7 @@ def kernelize(path: Path) -> None:
 
 
 def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 30))
+    return asyncio.run(asyncio.wait_for(coro, 4 * LIMIT_S))
 
 
 def test_daemon_attaches_the_engine_instead_of_the_dispatch(tmp_path: Path) -> None:
