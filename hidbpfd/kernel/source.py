@@ -190,7 +190,7 @@ class _Device:
 
     mode: str
     obj: lb.BpfObject | None = None
-    link: lb.Link | None = None
+    link: lb.StructOpsLink | None = None
 
 
 class BpfEventSource:
@@ -378,12 +378,14 @@ class BpfEventSource:
         try:
             for name in SHARED_MAPS:
                 obj.map(name).reuse_fd(self._fds[name])
+            # registered through a link only: the kernel lets go of it when we die
+            obj.map("hidbpfd_ops").set_map_flags(lb.BPF_F_LINK)
             obj.load()
             link = obj.map("hidbpfd_ops").attach_struct_ops()
         except BaseException:
             obj.close()
             raise
-        log.info("HID-BPF struct_ops attached to hid_id %d", hid_id)
+        log.info("HID-BPF struct_ops attached to hid_id %d (link fd %d)", hid_id, link.fd)
         return _Device("hid_bpf", obj, link)
 
     def _attach_tracing(self, hid_id: int) -> str:
