@@ -263,7 +263,7 @@ def encode_policy(b: Binding, rule_off: int) -> bytes:
 def _rule_bytes(pat: Pattern) -> bytes:
     # struct hidbpfd_rule, as kernel.source.encode_rules writes it (group and flags unused)
     n = len(pat.data)
-    return struct.pack(RULE_FORMAT, pat.data, pat.mask[:n], n, 0, 0)
+    return struct.pack(RULE_FORMAT, pat.data, pat.mask[:n], n, 0, 0, 0)
 
 
 def encode_config(hid_id: int, bindings: Sequence[Binding]) -> bytes:

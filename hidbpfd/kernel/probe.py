@@ -183,7 +183,9 @@ def _feeder(obj_path: Path) -> Check:
     except lb.BpfError as e:
         return no(f"loading the feeder: {e}", e.errno)
     try:
-        ctx = ctypes.create_string_buffer(136)  # struct hidbpfd_feed, no device 0 rules
+        from hidbpfd.kernel.source import FEED_SIZE  # (source imports this module)
+
+        ctx = ctypes.create_string_buffer(FEED_SIZE)  # struct hidbpfd_feed, no device 0 rules
         ret = lb.prog_test_run(obj.program("hidbpfd_feed").fd, ctx)
     except lb.BpfError as e:
         return no(f"BPF_PROG_RUN of the feeder: {e}", e.errno)
