@@ -9,22 +9,24 @@ from pathlib import Path
 
 import pytest
 
-from hidbpfd import vm
-from hidbpfd.vm import (
+from hidbpfd.vm import boot
+from hidbpfd.vm.boot import (
     READY_MARKER,
     VmArgs,
+    guest_env,
+    guest_script,
+    kvm_usable,
+    parse_args,
+    vng_command,
+)
+from hidbpfd.vm.setup import (
     VmAssets,
     VmError,
     cache_dir,
     check_kernel_config,
     choose_kernel,
-    guest_env,
-    guest_script,
     is_static_elf,
     kernel_dependencies,
-    kvm_usable,
-    parse_args,
-    vng_command,
 )
 
 
@@ -284,6 +286,6 @@ def test_main_reports_errors_without_a_traceback(
     def fail(*_args: object, **_kwargs: object) -> int:
         raise VmError("cannot download the package lists")
 
-    monkeypatch.setattr(vm, "run_in_vm", fail)
-    assert vm.main(["--", "true"]) == 2
+    monkeypatch.setattr(boot, "run_in_vm", fail)
+    assert boot.main(["--", "true"]) == 2
     assert capsys.readouterr().err == "hidbpfd vm: error: cannot download the package lists\n"
