@@ -55,6 +55,8 @@ READY_MARKER: Final = "hidbpfd-vm: guest ready"
 KVM_FAILURE_MARKERS: Final = ("KVM internal error", "emulation failure")
 GUEST_SETUP_FAILED: Final = 125  # the guest came up but could not load uhid & co
 TIMED_OUT: Final = 124  # as timeout(1)
+BOOT_RETRIES: Final = 2  # boots again after a boot that ended by itself before the ready line
+VNG_NO_EXIT_CODE: Final = 255  # virtme-run: qemu ended without the guest command's exit code
 BOOT_TIMEOUT_S: Final = 300.0  # emulated boots take ~15-20 s; a hang shows up as no marker
 
 
@@ -261,7 +263,9 @@ def run_in_vm(
 ) -> int:
     """Boot the test kernel, run ``cmd`` in ``cwd`` inside it, return its exit code.
 
-    Called by :func:`main`; boots once per call, so pass a whole test run as ``cmd``.
+    Called by :func:`main`; boots once per call, so pass a whole test run as ``cmd``. A boot
+    that ends by itself before the guest comes up is tried again, up to :data:`BOOT_RETRIES`
+    times (:func:`boot_again`), each failure said on stderr.
     Returns 124 when ``timeout_s`` ran out (the VM is killed), 125 when the guest came up but
     could not load the HID modules, 130 on ^C. Raises :class:`VmError` when set-up fails or
     the guest never comes up (with the tail of virtme-ng's output).
@@ -288,16 +292,28 @@ def run_in_vm(
             verbose=os.environ.get(VERBOSE_ENV) == "1",
         )
         path = f"{assets.scripts_dir}{os.pathsep}{os.environ.get('PATH', '')}"
-        outcome = _supervise(argv, {**os.environ, "PATH": path}, workdir, timeout_s, boot_timeout_s)
+        env = {**os.environ, "PATH": path}
+        attempt = 1
+        while True:
+            outcome = _supervise(argv, env, workdir, timeout_s, boot_timeout_s)
+            if not boot_again(outcome, attempt):
+                break
+            print(
+                f"hidbpfd vm: boot {attempt} of {1 + BOOT_RETRIES} failed before the guest came "
+                f"up: {boot_failure(outcome)}; booting again",
+                file=sys.stderr,
+            )
+            attempt += 1
     finally:
         script_path.unlink(missing_ok=True)
     if outcome.killed_for == "interrupted":
         return 130
     if not outcome.ready:
         mode = "KVM" if use_kvm else "software emulation (no kvm_intel/kvm_amd loaded)"
-        why = outcome.killed_for or f"vng exited with {outcome.returncode}"
+        tries = f" ({attempt} attempts)" if attempt > 1 else ""
         raise VmError(
-            f"the VM did not boot: {why}; kernel {assets.kernel_image}, {mode}. "
+            f"the VM did not boot{tries}: {boot_failure(outcome)}; "
+            f"kernel {assets.kernel_image}, {mode}. "
             f"Run again with {VERBOSE_ENV}=1 to see the guest's kernel console.\n"
             f"Last lines of vng's output:\n{outcome.tail or '(none)'}"
         )
@@ -308,11 +324,49 @@ def run_in_vm(
 
 
 @dataclass(frozen=True, slots=True)
-class _Outcome:
+class BootOutcome:
+    """How one ``vng`` run ended (:func:`_supervise`)."""
+
     returncode: int
     ready: bool
+    """The guest printed :data:`READY_MARKER`: it came up and CMD started."""
     killed_for: str
+    """Why we killed the VM (timeout, ^C, KVM failure), or empty."""
     tail: str
+    """The last lines of vng's output."""
+
+
+def boot_again(outcome: BootOutcome, attempt: int, retries: int = BOOT_RETRIES) -> bool:
+    """Whether :func:`run_in_vm` boots again after ``attempt`` (1 for the first boot) ended so.
+
+    Only a boot that ended by itself before the guest's ready line is tried again (the command
+    never started, so running it again is safe), at most ``retries`` times: an early guest
+    kernel panic, or qemu dying, is what virtme-run reports as 255 with no output. Never
+    after the ready line (the command ran: its exit code is the answer), nor when we killed
+    the VM (a timeout, ^C, KVM that cannot run the kernel would happen again), nor when the
+    guest came up and its set-up failed (:data:`GUEST_SETUP_FAILED`: it said why).
+    """
+    return (
+        not outcome.ready
+        and not outcome.killed_for
+        and outcome.returncode != GUEST_SETUP_FAILED
+        and attempt <= retries
+    )
+
+
+def boot_failure(outcome: BootOutcome) -> str:
+    """What went wrong with a boot that never reached the ready line, for humans."""
+    if outcome.killed_for:
+        return outcome.killed_for
+    why = f"vng exited with {outcome.returncode}"
+    if outcome.returncode == VNG_NO_EXIT_CODE:
+        why += (
+            " (qemu ended before the guest command could report an exit code: the guest "
+            "kernel panicked or qemu died)"
+        )
+    if not outcome.tail:
+        why += "; vng printed nothing"
+    return why
 
 
 def _supervise(
@@ -321,7 +375,7 @@ def _supervise(
     cwd: str,
     timeout_s: float | None,
     boot_timeout_s: float,
-) -> _Outcome:
+) -> BootOutcome:
     """Run vng, pass its output through, kill it (and qemu) on a timeout or ^C."""
     started = time.monotonic()
     proc = subprocess.Popen(
@@ -359,7 +413,7 @@ def _supervise(
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
         returncode = proc.wait()
-    return _Outcome(returncode, pump.ready, killed_for, "\n".join(pump.tail))
+    return BootOutcome(returncode, pump.ready, killed_for, "\n".join(pump.tail))
 
 
 def main(argv: list[str]) -> int:
