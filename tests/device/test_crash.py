@@ -55,6 +55,8 @@ WAKEUP = bytes.fromhex("10ff8000")
 LONG_MS = 10_000
 """A delay the kill always comes well before: what is held or pending at the kill."""
 ENGINES = ("userspace", "kernel")
+START_S = 300
+BODY_S = 1200
 
 
 def struct_ops() -> list[orphans.StructOpsMap]:
@@ -117,7 +119,12 @@ class DaemonProcess:
 
     async def start(self) -> DaemonProcess:
         self.proc = proc = self._spawn()
-        await until(lambda: "ready:" in self.log() or proc.poll() is not None, "daemon ready", 120)
+        # a Python start-up under emulation on a loaded host: minutes, not seconds
+        deadline = time.monotonic() + START_S
+        while "ready:" not in self.log() and proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"daemon not ready in {START_S} s:\n{self.log()}")
+            await asyncio.sleep(0.1)
         assert proc.poll() is None, self.log()
         return self
 
@@ -274,7 +281,7 @@ def test_sigkill_with_a_held_report(engine: str, tmp_path: Path, uhid_available:
             d.ensure_dead()
             await pen.unplug()
 
-    run(body(), 300)
+    run(body(), BODY_S)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -329,7 +336,7 @@ def test_sigkill_with_pending_inject_and_reinit(
             await kbd.unplug()
             await vendor.unplug()
 
-    run(body(), 300)
+    run(body(), BODY_S)
 
 
 @pytest.mark.parametrize("kind", ["filter", "engine"])
@@ -381,4 +388,4 @@ def test_orphan_of_an_older_version_is_removed_at_start(
                 d.ensure_dead()
             await pen.unplug()
 
-    run(body(), 300)
+    run(body(), BODY_S)
