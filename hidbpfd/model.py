@@ -159,7 +159,9 @@ class RuleFlag(enum.IntFlag):
     Every rule notifies the daemon when it fires. ``HOLD`` keeps the report from the device's
     readers (only where the kernel can: HID-BPF). ``ARM`` sets the rule's group bit in the
     device's armed mask; a ``WHEN_ARMED`` rule only fires while its group bit is set, and clears
-    it when it does. Groups let a policy listen to "any report" only while it has something
+    it when it does. An ARM rule's :attr:`Rule.arm_ns` ends the arm by itself when the policy's
+    own wait ends (defer's delay, release-guard's timeout), so a report after an expiry is not
+    taken for a cancel. Groups let a policy listen to "any report" only while it has something
     pending, so that unmatched traffic never wakes the daemon.
     """
 
@@ -175,6 +177,10 @@ class Rule:
 
     pattern: Pattern
     flags: RuleFlag = RuleFlag.NONE
+    arm_ns: int | None = None
+    """For an ``ARM`` rule: the arm expires this long after the arming report (the policy's
+    timer is due then: no ``WHEN_ARMED`` rule of the group may fire after it). None: it lasts
+    until a ``WHEN_ARMED`` rule of the group fires."""
 
 
 RULES_MAX: Final = 32

@@ -16,6 +16,7 @@ from hidbpfd.devices.chooser import injector_factory, report_io_factory
 from hidbpfd.devices.sinks import Injector
 from hidbpfd.devices.udev import HidDevice
 from hidbpfd.engine.dispatch import Observer
+from hidbpfd.kernel import orphans
 from hidbpfd.kernel.engine import KernelEngine
 from hidbpfd.kernel.source import BpfEventSource
 
@@ -34,6 +35,9 @@ def build_daemon(
     ring_kib = (settings or Settings()).ring_kib
 
     def make_source(cb: Callable[[Any], None]) -> BpfEventSource:
+        # called once by Daemon.run(), before any device is attached: first let go of what
+        # an earlier instance (an older version, or one killed mid-run) left registered
+        orphans.clean()
         src = BpfEventSource(cb, ring_bytes=ring_kib * 1024)
         sources.append(src)
         return src

@@ -170,7 +170,7 @@ async def _event_to_action(
     stop = asyncio.Event()
     poller = up.loop.create_task(up.src.busy_poll(stop)) if busy_poll else None
     fd = up.src.feeder_fd()
-    ctx = struct.pack(FEED_FORMAT, DEVICE.kernel_id, len(REPORT), 1, REPORT)
+    ctx = struct.pack(FEED_FORMAT, DEVICE.kernel_id, len(REPORT), 1, REPORT, 0)
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -96,6 +97,9 @@ class DeviceIO:
         self.injector = injector
         self._open_report_io = report_io
         self._report_io: ReportIO | None = None
+        self._lock = threading.Lock()
+        """Guards ``_report_io`` and ``closed`` between the worker's thread (which opens the
+        node) and :meth:`close` (on the loop): a node opened after close is closed at once."""
         self.on_error = on_error
         self.timeout_s = timeout_s
         self._queue: asyncio.Queue[_Op] = asyncio.Queue(QUEUE_MAX)
@@ -141,7 +145,7 @@ class DeviceIO:
     async def _run(self) -> None:
         # Open the node now, off the loop, so the first report is not delayed by it. asyncio.wait
         # and not wait_for: cancelling this task must never wait for a thread stuck in the kernel.
-        opening = asyncio.get_running_loop().run_in_executor(None, self._ensure_open)
+        opening = _owned(asyncio.get_running_loop().run_in_executor(None, self._ensure_open))
         opened, _ = await asyncio.wait({opening}, timeout=self.timeout_s)
         if opened and opening.exception() is not None:
             log.debug(
@@ -154,7 +158,7 @@ class DeviceIO:
             if self.gone:
                 self._drop(op)
                 continue
-            fut = asyncio.get_running_loop().run_in_executor(None, self._do, op)
+            fut = _owned(asyncio.get_running_loop().run_in_executor(None, self._do, op))
             start = time.monotonic()
             done, _ = await asyncio.wait({fut}, timeout=self.timeout_s)
             late = ""
@@ -189,9 +193,21 @@ class DeviceIO:
                 op.reply(result, "")
 
     def _ensure_open(self) -> ReportIO:
-        if self._report_io is None:
-            self._report_io = self._open_report_io()
-        return self._report_io
+        """The report node, opened on first use (in an executor thread)."""
+        if (rio := self._report_io) is not None:
+            return rio
+        rio = self._open_report_io()
+        with self._lock:
+            if not self.closed and self._report_io is None:
+                self._report_io = rio
+                return rio
+            keep = self._report_io
+        if keep is not None and not self.closed:
+            rio.close()  # another thread opened it first
+            return keep
+        # closed while we were opening (the device went away): never keep the fd
+        rio.close()
+        raise DeviceGone(self.device.key, errno.ENODEV, "open", "closed while opening")
 
     def _do(self, op: _Op) -> bytes | None:
         rio = self._ensure_open()
@@ -218,20 +234,37 @@ class DeviceIO:
         self.on_error(self.device, origin, f"{what} failed: {why}")
 
     async def close(self) -> None:
-        """Stop the worker, close the nodes; pending operations are dropped."""
-        self.closed = True
+        """Stop the worker, close the nodes; pending operations are dropped. A node the worker
+        is still opening (a thread in the kernel) is closed by that thread when it returns."""
+        with self._lock:
+            self.closed = True
         self._worker.cancel()
         done, _ = await asyncio.wait({self._worker}, timeout=CLOSE_WAIT_S)
         if not done:
             log.warning(
                 "%s: I/O worker did not stop within %g s", self.device.describe(), CLOSE_WAIT_S
             )
-        for res in (self._report_io, self.injector):
+        with self._lock:
+            rio, self._report_io = self._report_io, None
+        for res in (rio, self.injector):
             if res is not None:
                 try:
                     res.close()
                 except OSError as e:
                     log.debug("%s: close: %s", self.device.describe(), e)
+
+
+def _owned(fut: asyncio.Future[Any]) -> asyncio.Future[Any]:
+    """``fut`` with its outcome always retrieved: an executor call the worker stopped waiting
+    for (timeout, or the worker cancelled when the device went away) may still fail later,
+    which asyncio would otherwise log as "Future exception was never retrieved"."""
+    fut.add_done_callback(_retrieve)
+    return fut
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _oserror(e: OSError) -> str:

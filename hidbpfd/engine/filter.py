@@ -11,8 +11,13 @@ Semantics, for a report ``r`` of a device with rule table ``rules`` and armed ma
    ``WHEN_ARMED``, whose group bit is set in ``armed`` (evaluated against ``armed`` as it was
    before this report).
 2. If ``matched`` is empty: the report passes and nobody wakes up.
+   A group is armed while its bit is set and the report comes before the group's deadline:
+   an ``ARM`` rule with ``arm_ns`` arms until ``ts + arm_ns`` (rounded up to whole µs, as the
+   kernel keeps it, :func:`arm_us`), so an arm ends by itself when the policy's wait (defer's
+   delay, release-guard's timeout) expires; without ``arm_ns`` it never expires.
 3. Otherwise ``armed`` loses the group bits of matched ``WHEN_ARMED`` rules, then gains the group
-   bits of matched ``ARM`` rules (in that order: a report can end one wait and start the next).
+   bits of matched ``ARM`` rules (in that order: a report can end one wait and start the next),
+   each with its new deadline (two rules arming one group: the later deadline).
 4. The report is held if any matched rule has ``HOLD`` and the kernel can hold, and the report
    fits a record (``RECORD_DATA_MAX``); a record goes to the daemon. If the record cannot be
    written (ring buffer full) the report passes, the drop counter grows, and ``armed`` is left
@@ -25,10 +30,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from hidbpfd.model import RULES_MAX, DeviceRule, RuleFlag
+from hidbpfd.model import RULES_MAX, DeviceRule, Rule, RuleFlag
 
 RECORD_DATA_MAX: Final = 128
 """Report bytes a ring-buffer record carries (``HIDBPFD_RECORD_DATA_MAX``)."""
+ARM_US_MAX: Final = 0xFFFF_FFFF
+"""``struct hidbpfd_rule.arm_us`` is a __u32: arms last at most ~71 minutes."""
+NEVER: Final = (1 << 64) - 1
+"""The deadline of an arm that never expires (U64_MAX in ``struct hidbpfd_armed.until``)."""
+
+
+def arm_us(rule: Rule) -> int:
+    """``struct hidbpfd_rule.arm_us`` for ``rule``: its ``arm_ns`` in µs, rounded up (at least
+    1, at most :data:`ARM_US_MAX`); 0 when the arm never expires."""
+    if rule.arm_ns is None:
+        return 0
+    return min(ARM_US_MAX, max(1, -(-rule.arm_ns // 1000)))
+
+
+def arm_deadline(rule: Rule, now_ns: int) -> int:
+    """When an arm set by ``rule`` at ``now_ns`` expires (:data:`NEVER` if it does not)."""
+    us = arm_us(rule)
+    return now_ns + us * 1000 if us else NEVER
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +79,7 @@ def check_table(rules: Sequence[DeviceRule]) -> None:
 
 
 class Filter:
-    """The filter state of one device: its rule table and armed mask.
+    """The filter state of one device: its rule table, armed mask and arm deadlines.
 
     Owned by the replay (one per device); the daemon's equivalent lives in BPF maps.
     """
@@ -65,18 +88,29 @@ class Filter:
         check_table(rules)
         self.rules: tuple[DeviceRule, ...] = tuple(rules)
         self.armed = 0
+        """Group bits as the kernel keeps them (an expired arm's bit may stay set)."""
+        self.until = [0] * RULES_MAX
+        """When each group's arm expires (``struct hidbpfd_armed.until``)."""
         self.can_hold = can_hold
 
-    def run(self, report: bytes, *, ring_full: bool = False) -> Verdict | None:
-        """Apply the filter to one report; None when no rule fired (the daemon hears nothing)."""
+    def armed_at(self, now_ns: int) -> int:
+        """The groups armed at ``now_ns`` (set, and not expired)."""
+        return sum(
+            1 << g for g in range(RULES_MAX) if self.armed >> g & 1 and now_ns < self.until[g]
+        )
+
+    def run(self, report: bytes, *, now_ns: int = 0, ring_full: bool = False) -> Verdict | None:
+        """Apply the filter to one report sent at ``now_ns`` (CLOCK_MONOTONIC, or a replay's
+        clock); None when no rule fired (the daemon hears nothing)."""
         matched = 0
         hold = False
         disarm = 0
         arm = 0
+        armed = self.armed_at(now_ns) if self.armed else 0
         for i, dr in enumerate(self.rules):
             flags = dr.rule.flags
             bit = 1 << dr.group
-            if flags & RuleFlag.WHEN_ARMED and not self.armed & bit:
+            if flags & RuleFlag.WHEN_ARMED and not armed & bit:
                 continue
             if not dr.rule.pattern.matches(report):
                 continue
@@ -89,6 +123,13 @@ class Filter:
                 hold = True
         if not matched or ring_full:
             return None
+        seen = 0
+        for i, dr in enumerate(self.rules):
+            if matched >> i & 1 and dr.rule.flags & RuleFlag.ARM:
+                due = arm_deadline(dr.rule, now_ns)
+                if not seen >> dr.group & 1 or due > self.until[dr.group]:
+                    self.until[dr.group] = due
+                seen |= 1 << dr.group
         self.armed = (self.armed & ~disarm) | arm
         truncated = len(report) > RECORD_DATA_MAX
         return Verdict(matched, hold and self.can_hold and not truncated, truncated)

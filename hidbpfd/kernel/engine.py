@@ -263,7 +263,7 @@ def encode_policy(b: Binding, rule_off: int) -> bytes:
 def _rule_bytes(pat: Pattern) -> bytes:
     # struct hidbpfd_rule, as kernel.source.encode_rules writes it (group and flags unused)
     n = len(pat.data)
-    return struct.pack(RULE_FORMAT, pat.data, pat.mask[:n], n, 0, 0)
+    return struct.pack(RULE_FORMAT, pat.data, pat.mask[:n], n, 0, 0, 0)
 
 
 def encode_config(hid_id: int, bindings: Sequence[Binding]) -> bytes:
@@ -420,7 +420,7 @@ class _Attached:
     labels: list[str]
     keys: list[str]
     obj: lb.BpfObject
-    link: lb.Link
+    link: lb.StructOpsLink
     ring: lb.RingBuffer
     reader_fd: int = -1
     records: int = 0
@@ -486,9 +486,11 @@ class KernelEngine:
         built = probe.kernel_btf().wq_build(self.obj_path)
         image = lb.elf_patch(built.read_bytes(), "engine_ops", 0, struct.pack("<i", hid_id))
         obj = lb.BpfObject.open_mem(image)
-        link: lb.Link | None = None
+        link: lb.StructOpsLink | None = None
         try:
             obj.map("engine_ring").set_max_entries(self.ring_bytes)
+            # registered through a link only: the kernel lets go of it when we die
+            obj.map("engine_ops").set_map_flags(lb.BPF_F_LINK)
             with lb.capture_log(quiet=True) as lines:
                 try:
                     obj.load()

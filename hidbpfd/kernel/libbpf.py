@@ -19,10 +19,11 @@ import ctypes.util
 import errno as errno_mod
 import functools
 import logging
+import os
 import struct
 import threading
 from collections.abc import Callable, Iterator
-from typing import Final, cast
+from typing import Final, NamedTuple, cast
 
 from hidbpfd.kernel.clib import CallError, CLibrary
 
@@ -36,10 +37,16 @@ LIBBPF_INFO: Final = 1
 LIBBPF_DEBUG: Final = 2
 
 # enum bpf_map_type / bpf_map_update flags (include/uapi/linux/bpf.h)
+BPF_MAP_TYPE_STRUCT_OPS: Final = 26
 BPF_MAP_TYPE_RINGBUF: Final = 27
 BPF_ANY: Final = 0
 BPF_NOEXIST: Final = 1
 BPF_EXIST: Final = 2
+# map_flags: a struct_ops map registered only through a BPF link (BPF_LINK_CREATE), never by
+# a map update, so the kernel unregisters it when the link's last fd closes (Linux 6.4+)
+BPF_F_LINK: Final = 1 << 13
+# enum bpf_attach_type: BPF_LINK_CREATE of a struct_ops map (its fd in place of a program's)
+BPF_STRUCT_OPS: Final = 44
 
 # BTF kinds (include/uapi/linux/btf.h)
 BTF_KIND_PTR: Final = 2
@@ -154,8 +161,16 @@ _PROTOS: Final[dict[str, tuple[object, list[object]]]] = {
     "bpf_map__set_autocreate": (_I, [_VP, ctypes.c_bool]),
     "bpf_map__initial_value": (_VP, [_VP, ctypes.POINTER(_SZ)]),
     "bpf_map__set_initial_value": (_I, [_VP, _VP, _SZ]),
+    "bpf_map__set_map_flags": (_I, [_VP, _U32]),
+    "bpf_map__map_flags": (_U32, [_VP]),
     "bpf_map__attach_struct_ops": (_VP, [_VP]),
     "bpf_link__destroy": (_I, [_VP]),
+    "bpf_link__disconnect": (None, [_VP]),
+    "bpf_link__fd": (_I, [_VP]),
+    "bpf_link_create": (_I, [_I, _I, _I, _VP]),
+    "bpf_map_get_next_id": (_I, [_U32, ctypes.POINTER(_U32)]),
+    "bpf_map_get_fd_by_id": (_I, [_U32]),
+    "bpf_obj_get_info_by_fd": (_I, [_I, _VP, ctypes.POINTER(_U32)]),
     "bpf_map_update_elem": (_I, [_I, _VP, _VP, ctypes.c_uint64]),
     "bpf_map_lookup_elem": (_I, [_I, _VP, _VP]),
     "bpf_map_delete_elem": (_I, [_I, _VP]),
@@ -318,14 +333,69 @@ class Map:
         ret = self._lib.fn("bpf_map__set_initial_value")(self._ptr, buf, len(data))
         self._lib.check(f"bpf_map__set_initial_value({self.name})", ret)
 
-    def attach_struct_ops(self) -> Link:
-        """Register a loaded struct_ops map with its subsystem (e.g. HID-BPF)."""
-        ptr = self._lib.fn("bpf_map__attach_struct_ops")(self._ptr)
-        return Link(
-            self._lib,
-            self._lib.check_ptr(f"bpf_map__attach_struct_ops({self.name})", ptr),
-            self.name,
+    @property
+    def map_flags(self) -> int:
+        """``map_flags`` of the map definition (as it will be, or was, created)."""
+        return int(self._lib.fn("bpf_map__map_flags")(self._ptr))
+
+    def set_map_flags(self, flags: int) -> None:
+        """Set ``map_flags`` before load (e.g. :data:`BPF_F_LINK` on a struct_ops map: what
+        ``SEC(".struct_ops.link")`` does in libbpf 1.2+, which 1.1 does not know)."""
+        self._lib.check(
+            f"bpf_map__set_map_flags({self.name})",
+            self._lib.fn("bpf_map__set_map_flags")(self._ptr, flags),
         )
+
+    def attach_struct_ops(self) -> StructOpsLink:
+        """Register a loaded struct_ops map with its subsystem (e.g. HID-BPF) through a BPF
+        link. The map must have been created with :data:`BPF_F_LINK` (:meth:`set_map_flags`
+        before load): a map registered by a map update outlives the process, a link does not.
+
+        libbpf 1.1's ``bpf_map__attach_struct_ops`` only writes the value (on a BPF_F_LINK map
+        the kernel prepares it, registers nothing) and hands back the map's fd; the link is
+        then ``bpf_link_create(map_fd, 0, BPF_STRUCT_OPS)``. libbpf 1.2+ makes the link itself.
+        Either way the caller owns one link fd, closed by :meth:`StructOpsLink.destroy`."""
+        map_fd = self.fd
+        if not map_info(map_fd).map_flags & BPF_F_LINK:
+            raise BpfError(
+                f"attach_struct_ops({self.name})",
+                errno_mod.EINVAL,
+                "map created without BPF_F_LINK (set_map_flags before load)",
+            )
+        lib = self._lib
+        ptr = lib.check_ptr(
+            f"bpf_map__attach_struct_ops({self.name})",
+            lib.fn("bpf_map__attach_struct_ops")(self._ptr),
+        )
+        link_fd = lib.fn("bpf_link__fd")(ptr)
+        if link_fd >= 0 and link_fd != map_fd:  # libbpf 1.2+: a real link; keep our own fd
+            try:
+                fd = os.dup(link_fd)
+            finally:
+                lib.fn("bpf_link__destroy")(ptr)
+            return StructOpsLink(fd, self.name)
+        lib.fn("bpf_link__disconnect")(ptr)  # libbpf 1.1: free its record, detach nothing
+        lib.fn("bpf_link__destroy")(ptr)
+        ret = lib.fn("bpf_link_create")(map_fd, 0, BPF_STRUCT_OPS, None)
+        return StructOpsLink(
+            lib.check(f"bpf_link_create({self.name}, BPF_STRUCT_OPS)", ret), self.name
+        )
+
+
+class StructOpsLink:
+    """A struct_ops registered through a BPF link (:meth:`Map.attach_struct_ops`). The kernel
+    unregisters it when the link's last fd closes: :meth:`destroy`, or the process's exit,
+    however it exits (SIGKILL, a crash in a C library). Never a map ``delete_elem``."""
+
+    def __init__(self, fd: int, what: str) -> None:
+        self.fd = fd
+        self.what = what
+
+    def destroy(self) -> None:
+        """Close the link (unregisters, e.g. ``hid_bpf_unreg``); safe to call twice."""
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
 
 
 class BpfObject:
@@ -482,6 +552,62 @@ def map_create(map_type: int, key_size: int, value_size: int, max_entries: int) 
     return lib.check("bpf_map_create", ret)
 
 
+class MapInfo(NamedTuple):
+    """The start of ``struct bpf_map_info`` (what BPF_OBJ_GET_INFO_BY_FD says of a map)."""
+
+    type: int
+    id: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    map_flags: int
+    name: str
+
+
+# struct bpf_map_info { __u32 type, id, key_size, value_size, max_entries, map_flags;
+# 	char name[BPF_OBJ_NAME_LEN]; __u32 ifindex; __u32 btf_vmlinux_value_type_id;
+# 	__u64 netns_dev, netns_ino; __u32 btf_id, btf_key_type_id, btf_value_type_id,
+# 	btf_vmlinux_id; __u64 map_extra; }  (88 bytes; we read the first 40)
+_MAP_INFO: Final = struct.Struct("<6I16s")
+_MAP_INFO_SIZE: Final = 88
+
+
+def map_info(fd: int) -> MapInfo:
+    """``bpf_obj_get_info_by_fd`` of a map fd."""
+    lib = libbpf()
+    buf = ctypes.create_string_buffer(_MAP_INFO_SIZE)
+    size = ctypes.c_uint32(_MAP_INFO_SIZE)
+    lib.check(
+        "bpf_obj_get_info_by_fd", lib.fn("bpf_obj_get_info_by_fd")(fd, buf, ctypes.byref(size))
+    )
+    typ, map_id, key_size, value_size, max_entries, flags, name = _MAP_INFO.unpack_from(buf.raw)
+    text = name.split(b"\0", 1)[0].decode(errors="replace")
+    return MapInfo(typ, map_id, key_size, value_size, max_entries, flags, text)
+
+
+def map_ids() -> Iterator[int]:
+    """The id of every BPF map in the system (BPF_MAP_GET_NEXT_ID; needs CAP_SYS_ADMIN)."""
+    lib = libbpf()
+    nxt = ctypes.c_uint32(0)
+    cur = 0
+    while True:
+        ret = lib.fn("bpf_map_get_next_id")(cur, ctypes.byref(nxt))
+        if ret == -errno_mod.ENOENT:
+            return
+        lib.check("bpf_map_get_next_id", ret)
+        cur = nxt.value
+        yield cur
+
+
+def map_fd_by_id(map_id: int) -> int | None:
+    """An fd of map ``map_id`` (the caller closes it), or None if it is gone meanwhile."""
+    lib = libbpf()
+    ret = lib.fn("bpf_map_get_fd_by_id")(map_id)
+    if ret == -errno_mod.ENOENT:
+        return None
+    return lib.check(f"bpf_map_get_fd_by_id({map_id})", ret)
+
+
 def prog_test_run(prog_fd: int, ctx: ctypes.Array[ctypes.c_char]) -> int:
     """BPF_PROG_RUN a ``SEC("syscall")`` program once with ``ctx`` as its context (the
     kernel copies it back into ``ctx``). Returns the program's return value (signed).
@@ -604,6 +730,20 @@ class Btf:
                 return None
             _p, kind, nparams, _r = self._type(target)
             return nparams if kind == BTF_KIND_FUNC_PROTO else None
+        return None
+
+    def member_offset(self, struct_name: str, member: str) -> int | None:
+        """Byte offset of member ``member`` of ``struct_name``, or None if either is absent."""
+        sid = self.find(struct_name, BTF_KIND_STRUCT)
+        if not sid:
+            return None
+        ptr, _kind, vlen, _size = self._type(sid)
+        kind_flag = struct.unpack("<I", ctypes.string_at(ptr + 4, 4))[0] >> 31
+        for i in range(vlen):
+            name_off, _t, off = struct.unpack("<III", ctypes.string_at(ptr + 12 + 12 * i, 12))
+            if _name(self._lib.fn("btf__name_by_offset")(self._ptr, name_off)) == member:
+                # kind_flag: the top 8 bits are a bitfield's size, the offset the low 24 (bits)
+                return int(off & 0xFFFFFF if kind_flag else off) // 8
         return None
 
     def func_arity(self, name: str) -> int | None:

@@ -81,6 +81,9 @@ class KernelBtf:
     """Parameters of ``hid_bpf_ops.hid_device_event`` (3 with ``source``), None if absent."""
     trace_target_arity: int | None = None
     """Parameters of ``hid_report_raw_event`` (6 since Linux 7.0: ``bufsize``), None if absent."""
+    ops_value_offset: int | None = None
+    """Where ``struct hid_bpf_ops`` starts in a registered HID-BPF struct_ops map's value
+    (``bpf_struct_ops_hid_bpf_ops.data``), None if absent (orphans are logged by hid_id)."""
 
     @property
     def hid_bpf(self) -> bool:
@@ -121,11 +124,19 @@ def kernel_btf() -> KernelBtf:
             None,
         )
         trace_arity = next((a for b in btfs if (a := b.func_arity(TRACE_TARGET))), None)
+        ops_off = next(
+            (
+                o
+                for b in btfs
+                if (o := b.member_offset("bpf_struct_ops_hid_bpf_ops", "data")) is not None
+            ),
+            None,
+        )
     finally:
         for b in reversed(btfs):
             b.free()
     where = "vmlinux + hid module" if len(btfs) > 1 else "vmlinux"
-    return KernelBtf(True, f"{VMLINUX_BTF} ({where})", funcs, structs, arity, trace_arity)
+    return KernelBtf(True, f"{VMLINUX_BTF} ({where})", funcs, structs, arity, trace_arity, ops_off)
 
 
 def _libbpf_version() -> Check:
@@ -172,7 +183,9 @@ def _feeder(obj_path: Path) -> Check:
     except lb.BpfError as e:
         return no(f"loading the feeder: {e}", e.errno)
     try:
-        ctx = ctypes.create_string_buffer(136)  # struct hidbpfd_feed, no device 0 rules
+        from hidbpfd.kernel.source import FEED_SIZE  # (source imports this module)
+
+        ctx = ctypes.create_string_buffer(FEED_SIZE)  # struct hidbpfd_feed, no device 0 rules
         ret = lb.prog_test_run(obj.program("hidbpfd_feed").fd, ctx)
     except lb.BpfError as e:
         return no(f"BPF_PROG_RUN of the feeder: {e}", e.errno)

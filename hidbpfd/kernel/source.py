@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, NamedTuple
 
-from hidbpfd.engine.filter import RECORD_DATA_MAX, check_table
+from hidbpfd.engine.filter import RECORD_DATA_MAX, arm_us, check_table
 from hidbpfd.kernel import libbpf as lb
 from hidbpfd.kernel import probe as probe_mod
 from hidbpfd.kernel.bpf import MAIN_OBJECT, OPS_OBJECT
@@ -54,20 +54,25 @@ RECORD_SIZE: Final = struct.calcsize(RECORD_FORMAT)  # 152
 
 # struct hidbpfd_rule {
 # 	__u8 pattern[HIDBPFD_PATTERN_MAX]; __u8 mask[HIDBPFD_PATTERN_MAX];
-# 	__u16 len; __u8 flags; __u8 group; __u8 _pad[4];
+# 	__u16 len; __u8 flags; __u8 group; __u32 arm_us;
 # };
-RULE_FORMAT: Final = f"<{PATTERN_MAX}s{PATTERN_MAX}sHBB4x"
+RULE_FORMAT: Final = f"<{PATTERN_MAX}s{PATTERN_MAX}sHBBI"
 RULE_SIZE: Final = struct.calcsize(RULE_FORMAT)  # 72
 
 # struct hidbpfd_device_rules { __u32 count; __u32 _pad; struct hidbpfd_rule rules[32]; };
 DEVICE_RULES_HEADER: Final = "<I4x"
 DEVICE_RULES_SIZE: Final = struct.calcsize(DEVICE_RULES_HEADER) + RULES_MAX * RULE_SIZE  # 2312
 
+# struct hidbpfd_armed { __u32 mask; __u32 _pad; __u64 until[HIDBPFD_RULES_MAX]; };
+ARMED_FORMAT: Final = f"<I4x{RULES_MAX}Q"
+ARMED_SIZE: Final = struct.calcsize(ARMED_FORMAT)  # 264
+
 # struct hidbpfd_feed {
 # 	__u32 hid_id; __u16 len; __u8 can_hold; __u8 _pad; __u8 data[HIDBPFD_FEED_DATA_MAX];
+# 	__u64 now_ns;
 # };
-FEED_FORMAT: Final = f"<IHBx{RECORD_DATA_MAX}s"
-FEED_SIZE: Final = struct.calcsize(FEED_FORMAT)  # 136
+FEED_FORMAT: Final = f"<IHBx{RECORD_DATA_MAX}sQ"
+FEED_SIZE: Final = struct.calcsize(FEED_FORMAT)  # 144
 
 # struct hidbpfd_io { __u32 hid_id; __u32 len; __u8 data[HIDBPFD_IO_DATA_MAX]; };
 IO_FORMAT: Final = f"<II{IO_DATA_MAX}s"
@@ -164,13 +169,22 @@ def encode_rules(rules: Sequence[DeviceRule]) -> bytes:
             )
         # Pattern.matches compares zip(report, data, mask): bytes without a mask byte are free
         mask = pat.mask[: len(pat.data)]
-        out += struct.pack(RULE_FORMAT, pat.data, mask, len(pat.data), int(dr.rule.flags), dr.group)
+        out += struct.pack(
+            RULE_FORMAT,
+            pat.data,
+            mask,
+            len(pat.data),
+            int(dr.rule.flags),
+            dr.group,
+            arm_us(dr.rule),
+        )
     out += bytes(DEVICE_RULES_SIZE - len(out))
     return bytes(out)
 
 
-def decode_rules(buf: bytes) -> list[tuple[bytes, bytes, int, int, int]]:
-    """``(pattern, mask, len, flags, group)`` per live rule of a table (for tests and dumps)."""
+def decode_rules(buf: bytes) -> list[tuple[bytes, bytes, int, int, int, int]]:
+    """``(pattern, mask, len, flags, group, arm_us)`` per live rule of a table (for tests and
+    dumps)."""
     (count,) = struct.unpack_from(DEVICE_RULES_HEADER, buf)
     hdr = struct.calcsize(DEVICE_RULES_HEADER)
     return [struct.unpack_from(RULE_FORMAT, buf, hdr + i * RULE_SIZE) for i in range(count)]
@@ -190,7 +204,7 @@ class _Device:
 
     mode: str
     obj: lb.BpfObject | None = None
-    link: lb.Link | None = None
+    link: lb.StructOpsLink | None = None
 
 
 class BpfEventSource:
@@ -314,11 +328,13 @@ class BpfEventSource:
     def set_rules(self, hid_id: int, rules: Sequence[DeviceRule]) -> None:
         """Install or swap a device's rule table (called by the dispatch when the policies
         for a device are loaded or reloaded). The swap is one map update, so a report sees
-        the old table or the new one; the armed mask is created at 0 and kept on a swap."""
+        the old table or the new one; the armed state is created at 0 and kept on a swap."""
         self._need()
         value = encode_rules(rules)
         try:
-            lb.map_update(self._fds["hidbpfd_armed"], _key(hid_id), bytes(4), lb.BPF_NOEXIST)
+            lb.map_update(
+                self._fds["hidbpfd_armed"], _key(hid_id), bytes(ARMED_SIZE), lb.BPF_NOEXIST
+            )
         except lb.BpfError as e:
             if e.errno != errno.EEXIST:
                 raise
@@ -330,11 +346,16 @@ class BpfEventSource:
         lb.map_delete(self._fds["hidbpfd_rules"], _key(hid_id))
         lb.map_delete(self._fds["hidbpfd_armed"], _key(hid_id))
 
-    def armed(self, hid_id: int) -> int:
-        """The device's armed mask as the kernel has it now (tests, ``status``)."""
+    def armed(self, hid_id: int, now_ns: int | None = None) -> int:
+        """The device's armed groups at ``now_ns`` (default: now), as the kernel has them:
+        bits set and not expired (tests, ``status``)."""
         self._need()
-        v = lb.map_lookup(self._fds["hidbpfd_armed"], _key(hid_id), 4)
-        return struct.unpack("<I", v)[0] if v else 0
+        v = lb.map_lookup(self._fds["hidbpfd_armed"], _key(hid_id), ARMED_SIZE)
+        if not v:
+            return 0
+        mask, *until = struct.unpack(ARMED_FORMAT, v)
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        return sum(1 << g for g, due in enumerate(until) if mask >> g & 1 and now < due)
 
     # ------------------------------------------------------------------ devices
 
@@ -378,12 +399,14 @@ class BpfEventSource:
         try:
             for name in SHARED_MAPS:
                 obj.map(name).reuse_fd(self._fds[name])
+            # registered through a link only: the kernel lets go of it when we die
+            obj.map("hidbpfd_ops").set_map_flags(lb.BPF_F_LINK)
             obj.load()
             link = obj.map("hidbpfd_ops").attach_struct_ops()
         except BaseException:
             obj.close()
             raise
-        log.info("HID-BPF struct_ops attached to hid_id %d", hid_id)
+        log.info("HID-BPF struct_ops attached to hid_id %d (link fd %d)", hid_id, link.fd)
         return _Device("hid_bpf", obj, link)
 
     def _attach_tracing(self, hid_id: int) -> str:
@@ -499,9 +522,11 @@ class BpfEventSource:
         """The feeder program's fd (for a benchmark's feeding process)."""
         return self._need().program("hidbpfd_feed").fd
 
-    def feed(self, hid_id: int, report: bytes, *, can_hold: bool = True) -> int:
-        """Run the kernel filter on ``report`` as if device ``hid_id`` had sent it (tests,
-        ``replay --via-bpf``); returns a VERDICT_* value. Records go to the ring as usual."""
+    def feed(self, hid_id: int, report: bytes, *, can_hold: bool = True, now_ns: int = 0) -> int:
+        """Run the kernel filter on ``report`` as if device ``hid_id`` had sent it at ``now_ns``
+        (0: now; ``replay --via-bpf`` passes its virtual clock, which the record's ``ts_ns``
+        then carries) (tests, ``replay --via-bpf``); returns a VERDICT_* value. Records go to
+        the ring as usual."""
         obj = self._need()
         if len(report) > 0xFFFF:  # struct hidbpfd_feed's __u16 len
             raise ValueError(f"report of {len(report)} bytes: the feeder takes at most 65535")
@@ -515,6 +540,7 @@ class BpfEventSource:
             len(report),
             int(can_hold),
             report[:RECORD_DATA_MAX],
+            now_ns,
         )
         return lb.prog_test_run(obj.program("hidbpfd_feed").fd, self._feed_ctx)
 

@@ -78,7 +78,9 @@ class Defer(Policy[DeferState]):
         cancel = RuleFlag.WHEN_ARMED | (
             RuleFlag.HOLD if self.on_cancel == "flush" else RuleFlag.NONE
         )
-        return (Rule(self.match, RuleFlag.HOLD | RuleFlag.ARM), Rule(self.cancel_on, cancel))
+        # the arm ends with the delay: a report after the expiry is not a cancel
+        arm = Rule(self.match, RuleFlag.HOLD | RuleFlag.ARM, arm_ns=self.delay_ms)
+        return (arm, Rule(self.cancel_on, cancel))
 
     def new_state(self) -> DeferState:
         """Nothing held."""

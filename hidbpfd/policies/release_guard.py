@@ -55,7 +55,11 @@ class ReleaseGuard(Policy[GuardState]):
 
     def rules(self) -> tuple[Rule, ...]:
         """The press arms; the release is heard only while armed."""
-        return (Rule(self.match, RuleFlag.ARM), Rule(self.release_pattern, RuleFlag.WHEN_ARMED))
+        # the arm ends with the timeout: a release after it was injected wakes nobody
+        return (
+            Rule(self.match, RuleFlag.ARM, arm_ns=self.timeout_ms),
+            Rule(self.release_pattern, RuleFlag.WHEN_ARMED),
+        )
 
     def new_state(self) -> GuardState:
         """Nothing pressed."""

@@ -10,6 +10,7 @@ filter and :mod:`hidbpfd.engine.filter` agree.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 from hidbpfd.engine.filter import Verdict
 from hidbpfd.kernel.libbpf import BpfError
@@ -17,6 +18,9 @@ from hidbpfd.kernel.source import BpfEventSource, BpfUnavailable, Record
 from hidbpfd.model import DeviceId, DeviceRule
 
 __all__ = ["BpfFilterBackend", "BpfUnavailable"]
+
+EPOCH_NS: Final = 1 << 62
+"""Added to the replay's clock before it goes to the kernel: the feeder reads 0 as "now"."""
 
 
 class BpfFilterBackend:
@@ -47,11 +51,12 @@ class BpfFilterBackend:
         except BpfError as e:
             raise BpfUnavailable(f"{device.describe()}: cannot install its rules: {e}") from e
 
-    def run(self, device: DeviceId, report: bytes) -> Verdict | None:
-        """Feed one report to the kernel filter and collect what it put in the ring."""
+    def run(self, device: DeviceId, report: bytes, t_ns: int) -> Verdict | None:
+        """Feed one report to the kernel filter at the replay's time ``t_ns`` (arm deadlines
+        are in that clock) and collect what it put in the ring."""
         self._records.clear()
         try:
-            self.source.feed(self._kid(device), report)
+            self.source.feed(self._kid(device), report, now_ns=EPOCH_NS + t_ns)
         except (BpfError, ValueError) as e:  # a report the feeder cannot take
             raise BpfUnavailable(f"{device.describe()}: the feeder refused a report: {e}") from e
         self.source.consume()

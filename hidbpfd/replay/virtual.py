@@ -38,8 +38,8 @@ class FilterBackend(Protocol):
     def set_rules(self, device: DeviceId, rules: Sequence[DeviceRule]) -> None:
         """Install a device's rule table (called once per device, before its first report)."""
 
-    def run(self, device: DeviceId, report: bytes) -> Verdict | None:
-        """Filter one report; None when no rule fired."""
+    def run(self, device: DeviceId, report: bytes, t_ns: int) -> Verdict | None:
+        """Filter one report sent at ``t_ns`` (the replay's clock); None when no rule fired."""
 
 
 class PyFilterBackend:
@@ -52,10 +52,10 @@ class PyFilterBackend:
         """New table, armed mask cleared."""
         self._filters[device.key] = Filter(rules)
 
-    def run(self, device: DeviceId, report: bytes) -> Verdict | None:
+    def run(self, device: DeviceId, report: bytes, t_ns: int) -> Verdict | None:
         """Apply the device's filter (no rules: nothing fires)."""
         f = self._filters.get(device.key)
-        return f.run(report) if f else None
+        return f.run(report, now_ns=t_ns) if f else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +146,7 @@ def replay(
         sched.run_until(t_ns)
         yield from _drain(lines)
         dev = ids[d.index]
-        verdict = be.run(dev, data)
+        verdict = be.run(dev, data, t_ns)
         if verdict is None:
             lines.append(TraceLine(rel(t_ns), "pass", data.hex(), dev.key))
         else:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hidbpfd.engine.filter import RECORD_DATA_MAX, RuleTableError
+from hidbpfd.engine.filter import RECORD_DATA_MAX, RuleTableError, arm_us
 from hidbpfd.kernel.source import (
     DEVICE_RULES_SIZE,
     REC_HELD,
@@ -54,13 +54,14 @@ def test_record_ignores_bytes_past_the_report() -> None:
 
 
 rules = st.builds(
-    lambda data, mask, flags, group: DeviceRule(
-        Rule(Pattern(data, mask[: len(data)]), RuleFlag(flags)), group
+    lambda data, mask, flags, group, arm_ns: DeviceRule(
+        Rule(Pattern(data, mask[: len(data)]), RuleFlag(flags), arm_ns), group
     ),
     st.binary(max_size=PATTERN_MAX),
     st.binary(min_size=PATTERN_MAX, max_size=PATTERN_MAX),
     st.integers(0, 7),
     st.integers(0, RULES_MAX - 1),
+    st.none() | st.integers(0, 2**40),
 )
 
 
@@ -70,12 +71,16 @@ def test_rules_round_trip(table: list[DeviceRule]) -> None:
     assert len(raw) == DEVICE_RULES_SIZE == 2312
     got = decode_rules(raw)
     assert len(got) == len(table)
-    for (pattern, mask, length, flags, group), dr in zip(got, table, strict=True):
+    for (pattern, mask, length, flags, group, arm), dr in zip(got, table, strict=True):
         n = len(dr.rule.pattern.data)
         assert length == n
         assert pattern == dr.rule.pattern.data + bytes(PATTERN_MAX - n)
         assert mask == dr.rule.pattern.mask + bytes(PATTERN_MAX - n)  # zero past the pattern
-        assert (flags, group) == (int(dr.rule.flags), dr.group)
+        assert (flags, group, arm) == (int(dr.rule.flags), dr.group, arm_us(dr.rule))
+        if dr.rule.arm_ns is None:
+            assert arm == 0  # never expires
+        else:  # whole µs, rounded up, at least 1 (0 would mean "never"), at most a __u32
+            assert arm == min(2**32 - 1, max(1, -(-dr.rule.arm_ns // 1000)))
 
 
 def test_short_mask_is_padded_with_dont_care() -> None:
@@ -85,7 +90,7 @@ def test_short_mask_is_padded_with_dont_care() -> None:
 
 def test_any_report_is_an_empty_rule() -> None:
     (entry,) = decode_rules(encode_rules([DeviceRule(Rule(ANY_REPORT, RuleFlag.HOLD), 3)]))
-    assert entry == (bytes(PATTERN_MAX), bytes(PATTERN_MAX), 0, int(RuleFlag.HOLD), 3)
+    assert entry == (bytes(PATTERN_MAX), bytes(PATTERN_MAX), 0, int(RuleFlag.HOLD), 3, 0)
 
 
 @pytest.mark.parametrize(

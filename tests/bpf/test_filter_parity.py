@@ -7,6 +7,7 @@ report; then random tables (hypothesis) where the Python filter is the oracle.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from hidbpfd.engine.filter import RECORD_DATA_MAX, Filter, Verdict
 from hidbpfd.kernel.source import VERDICT_HOLD, VERDICT_NOTIFY, VERDICT_QUIET
 from hidbpfd.model import ANY_REPORT, RULES_MAX, DeviceRule, Pattern, Rule, RuleFlag
+from hidbpfd.replay.via_bpf import EPOCH_NS
 from tests.bpf.conftest import Collected, new_hid_id
 
 pytestmark = pytest.mark.bpf
@@ -181,22 +183,41 @@ def python_run(case: Case) -> list[tuple[Expect, int]]:
     return out
 
 
-def kernel_run(
-    kernel: Collected, rules: Sequence[DeviceRule], reports: Sequence[bytes], can_hold: bool
+def python_timed(
+    rules: Sequence[DeviceRule], reports: Sequence[bytes], times: Sequence[int], can_hold: bool
 ) -> list[tuple[Expect, int]]:
-    """(verdict, armed mask after) per report, from the BPF filter through feed + ring."""
+    """(verdict, armed groups after) per report sent at ``times``, from the reference filter."""
+    f = Filter(rules, can_hold=can_hold)
+    out: list[tuple[Expect, int]] = []
+    for rep, t in zip(reports, times, strict=True):
+        v = f.run(rep, now_ns=t)
+        out.append(((v.matched, v.held, v.truncated) if v else None, f.armed_at(t)))
+    return out
+
+
+def kernel_run(
+    kernel: Collected,
+    rules: Sequence[DeviceRule],
+    reports: Sequence[bytes],
+    can_hold: bool,
+    times: Sequence[int] | None = None,
+) -> list[tuple[Expect, int]]:
+    """(verdict, armed mask after) per report, from the BPF filter through feed + ring; with
+    ``times``, each report is fed at that time (``EPOCH_NS + t``, as ``replay --via-bpf``)."""
     src = kernel.source
     hid_id = new_hid_id()
     src.set_rules(hid_id, rules)
     kernel.take()
     out: list[tuple[Expect, int]] = []
     try:
-        for report in reports:
-            verdict = src.feed(hid_id, report, can_hold=can_hold)
+        for k, report in enumerate(reports):
+            now = 0 if times is None else EPOCH_NS + times[k]
+            verdict = src.feed(hid_id, report, can_hold=can_hold, now_ns=now)
             recs = kernel.take()
+            armed = src.armed(hid_id) if times is None else src.armed(hid_id, now_ns=now)
             if verdict == VERDICT_QUIET:
                 assert recs == []
-                out.append((None, src.armed(hid_id)))
+                out.append((None, armed))
                 continue
             assert verdict in (VERDICT_NOTIFY, VERDICT_HOLD), verdict
             assert len(recs) == 1, recs
@@ -205,7 +226,7 @@ def kernel_run(
             assert rec.length == len(report)
             assert rec.data == report[:RECORD_DATA_MAX]
             assert rec.held == (verdict == VERDICT_HOLD)
-            out.append(((rec.matched, rec.held, rec.truncated), src.armed(hid_id)))
+            out.append(((rec.matched, rec.held, rec.truncated), armed))
     finally:
         src.clear_rules(hid_id)
     return out
@@ -237,6 +258,35 @@ def test_records_carry_kernel_timestamps(kernel: Collected) -> None:
     assert before <= rec.ts_ns <= after  # bpf_ktime_get_ns() is CLOCK_MONOTONIC
 
 
+DEFER_FLUSH = [  # defer, 100 ms, on_cancel = "flush": what policies/defer.py asks for
+    DeviceRule(Rule(Pattern.parse("02 00"), H | A, arm_ns=100_000_000), 0),
+    DeviceRule(Rule(ANY_REPORT, W | H), 0),
+]
+MS = 1_000_000
+
+
+def test_an_expired_deferral_cancels_nothing(kernel: Collected) -> None:
+    """Issue 10 item 5: after defer's delay expired (the daemon re-injected the held report),
+    the next report, whatever it is, passes untouched and writes no ring record, in the
+    reference filter and in the kernel's; before the expiry it still cancels."""
+    reports = [x("02 00 00 00"), x("02 01 e8 03"), x("02 00 00 00"), x("02 20 10 04")]
+    times = [20 * MS, 200 * MS, 300 * MS, 330 * MS]
+    want: list[tuple[Expect, int]] = [
+        ((0b01, True, False), 1),  # held, armed until 120 ms
+        (None, 0),  # 200 ms: the deferral expired at 120 ms: untouched, no record
+        ((0b01, True, False), 1),  # held again
+        ((0b10, True, False), 0),  # 330 ms < 400 ms: cancels (flush holds it), disarms
+    ]
+    assert python_timed(DEFER_FLUSH, reports, times, True) == want
+    assert kernel_run(kernel, DEFER_FLUSH, reports, times=times, can_hold=True) == want
+    # the boundary: at the deadline exactly the arm is over (the daemon's timer ran first)
+    edge = [x("02 00"), x("05")]
+    for t, fired in ((100 * MS - 1, True), (100 * MS, False)):
+        got = kernel_run(kernel, DEFER_FLUSH, edge, True, times=[0, t])
+        assert python_timed(DEFER_FLUSH, edge, [0, t], True) == got
+        assert (got[1][0] is not None) == fired, (t, got)
+
+
 def test_rule_swap_keeps_armed_mask(kernel: Collected) -> None:
     src = kernel.source
     hid_id = new_hid_id()
@@ -262,10 +312,11 @@ _pattern = st.one_of(
     ),
 )
 _rule = st.builds(
-    lambda p, f, g: DeviceRule(Rule(p, RuleFlag(f)), g),
+    lambda p, f, g, arm: DeviceRule(Rule(p, RuleFlag(f), arm), g),
     _pattern,
     st.integers(0, 7),
     st.integers(0, 3),
+    st.sampled_from([None, None, 0, 1_500, 4_000, 10_000]),
 )
 _report = st.one_of(
     st.lists(_byte, min_size=1, max_size=8).map(bytes),
@@ -278,13 +329,16 @@ _report = st.one_of(
     rules=st.lists(_rule, min_size=1, max_size=RULES_MAX),
     reports=st.lists(_report, min_size=1, max_size=12),
     can_hold=st.booleans(),
+    gaps=st.lists(st.integers(0, 5_000), min_size=12, max_size=12),
 )
 def test_random_tables_agree(
-    kernel: Collected, rules: list[DeviceRule], reports: list[bytes], can_hold: bool
+    kernel: Collected,
+    rules: list[DeviceRule],
+    reports: list[bytes],
+    can_hold: bool,
+    gaps: list[int],
 ) -> None:
-    f = Filter(rules, can_hold=can_hold)
-    want: list[tuple[Expect, int]] = []
-    for rep in reports:
-        v = f.run(rep)
-        want.append(((v.matched, v.held, v.truncated) if v else None, f.armed))
-    assert kernel_run(kernel, rules, reports, can_hold) == want
+    # reports 0-5 µs apart: arms of 1.5-10 µs expire between some of them
+    times = list(itertools.accumulate(gaps[: len(reports)]))
+    want = python_timed(rules, reports, times, can_hold)
+    assert kernel_run(kernel, rules, reports, can_hold, times=times) == want

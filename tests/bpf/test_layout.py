@@ -64,11 +64,13 @@ PROBE_C = r"""
 int main(void) {
     printf("{");
     S(hidbpfd_rule); F(hidbpfd_rule, mask); F(hidbpfd_rule, len); F(hidbpfd_rule, flags);
-    F(hidbpfd_rule, group);
+    F(hidbpfd_rule, group); F(hidbpfd_rule, arm_us);
+    S(hidbpfd_armed); F(hidbpfd_armed, until);
     S(hidbpfd_device_rules); F(hidbpfd_device_rules, rules);
     S(hidbpfd_record); F(hidbpfd_record, matched); F(hidbpfd_record, hid_id);
     F(hidbpfd_record, flags); F(hidbpfd_record, len); F(hidbpfd_record, data);
     S(hidbpfd_feed); F(hidbpfd_feed, len); F(hidbpfd_feed, can_hold); F(hidbpfd_feed, data);
+    F(hidbpfd_feed, now_ns);
     S(hidbpfd_io); F(hidbpfd_io, len); F(hidbpfd_io, data);
     printf("\"end\": 0}");
     return 0;
@@ -108,8 +110,10 @@ def test_struct_layouts_match_header(tmp_path: Path) -> None:
 
     assert c["hidbpfd_rule"] == B.RULE_SIZE
     assert offsets(B.RULE_FORMAT)[1:] == [
-        c[f"hidbpfd_rule.{f}"] for f in ("mask", "len", "flags", "group")
+        c[f"hidbpfd_rule.{f}"] for f in ("mask", "len", "flags", "group", "arm_us")
     ]
+    assert c["hidbpfd_armed"] == B.ARMED_SIZE
+    assert offsets(B.ARMED_FORMAT)[1:] == [c["hidbpfd_armed.until"]]
     assert c["hidbpfd_device_rules"] == B.DEVICE_RULES_SIZE
     assert c["hidbpfd_device_rules.rules"] == struct.calcsize(B.DEVICE_RULES_HEADER)
     assert c["hidbpfd_record"] == B.RECORD_SIZE
@@ -118,7 +122,7 @@ def test_struct_layouts_match_header(tmp_path: Path) -> None:
     ]
     assert c["hidbpfd_feed"] == B.FEED_SIZE
     assert offsets(B.FEED_FORMAT)[1:] == [
-        c[f"hidbpfd_feed.{f}"] for f in ("len", "can_hold", "data")
+        c[f"hidbpfd_feed.{f}"] for f in ("len", "can_hold", "data", "now_ns")
     ]
     assert c["hidbpfd_io"] == B.IO_SIZE
     assert offsets(B.IO_FORMAT)[1:] == [c[f"hidbpfd_io.{f}"] for f in ("len", "data")]

@@ -19,6 +19,7 @@ CAPTURES = {
     "macro-key": "50-1209__a001-macro-key.toml",
     "wakeup-reinit": "50-1209__a002-wakeup-reinit.toml",
     "release-guard": "50-1209__a003-release-guard.toml",
+    "pen-flush": "50-256c__006d-pen-flush.toml",
 }
 
 
@@ -73,6 +74,21 @@ def test_what_the_pen_capture_shows() -> None:
     assert injected == [(0.058, "0200000000000000"), (0.235, "0200000000000000")]
     assert not any(str(x["data"]).startswith("0200") for x in lines if x["kind"] == "pass")
     assert sum(x["kind"] == "pass" for x in lines) == 10
+
+
+def test_an_expired_deferral_cancels_nothing() -> None:
+    """Issue 10 item 5: the held 02 00 is re-injected when its 100 ms expire (120 ms); the
+    unrelated 02 01 at 200 ms passes untouched (it used to be held and bounced through the
+    daemon as an inject: the armed bit outlived the deferral); a cancel within the delay still
+    flushes both, in order."""
+    lines = [(x["t"], x["kind"], x["data"]) for x in expected("pen-flush")]
+    assert (0.12, "inject", "0200000000000000") in lines
+    assert (0.2, "pass", "0201e803d0070000") in lines
+    assert [x for x in lines if x[0] == 0.33] == [
+        (0.33, "inject", "0200000000000000"),
+        (0.33, "inject", "02201004d0070000"),
+    ]
+    assert sum(k == "inject" for _, k, _ in lines) == 3
 
 
 def test_bad_recording_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from hidbpfd.engine.filter import RECORD_DATA_MAX, Filter, RuleTableError
+from hidbpfd.engine.filter import (
+    ARM_US_MAX,
+    RECORD_DATA_MAX,
+    Filter,
+    RuleTableError,
+    Verdict,
+    arm_us,
+)
 from hidbpfd.model import ANY_REPORT, DeviceRule, Pattern, Rule, RuleFlag
 
 H, A, W = RuleFlag.HOLD, RuleFlag.ARM, RuleFlag.WHEN_ARMED
@@ -83,3 +90,35 @@ def test_table_limits() -> None:
         Filter([DeviceRule(Rule(ANY_REPORT), 0)] * 33)
     with pytest.raises(RuleTableError, match="group"):
         Filter([DeviceRule(Rule(ANY_REPORT), 32)])
+
+
+def test_an_expired_arm_lets_the_next_report_pass_unseen() -> None:
+    """Issue 10 item 5: defer's arm lasts as long as its delay. After the delay expired (the
+    daemon re-injected the held report) the cancel rule fires no more: the next report, whatever
+    it is, passes and wakes nobody; until then it cancels."""
+    ms = 1_000_000
+    f = Filter(
+        [
+            DeviceRule(Rule(P("02 00"), H | A, arm_ns=100 * ms), 0),
+            DeviceRule(Rule(ANY_REPORT, W | H), 0),
+        ]
+    )
+    assert f.run(b"\x02\x00", now_ns=20 * ms) == Verdict(0b01, True, False)
+    assert f.armed_at(120 * ms - 1) == 1 and f.armed_at(120 * ms) == 0
+    assert f.run(b"\x02\x01", now_ns=200 * ms) is None  # no record: nobody wakes up
+    assert f.run(b"\x02\x00", now_ns=300 * ms) == Verdict(0b01, True, False)
+    assert f.run(b"\x02\x20", now_ns=330 * ms) == Verdict(0b10, True, False)  # still cancels
+    assert f.armed_at(330 * ms) == 0
+
+
+def test_an_arm_without_a_deadline_never_expires() -> None:
+    f = Filter([DeviceRule(Rule(P("01"), A), 0), DeviceRule(Rule(ANY_REPORT, W), 0)])
+    assert f.run(b"\x01", now_ns=0) is not None
+    assert f.run(b"\x05", now_ns=10**15) == Verdict(0b10, False, False)
+
+
+def test_arm_us_rounds_up_and_saturates() -> None:
+    assert arm_us(Rule(ANY_REPORT, A)) == 0  # never expires
+    assert arm_us(Rule(ANY_REPORT, A, arm_ns=0)) == 1  # expires at once (0 would be never)
+    assert arm_us(Rule(ANY_REPORT, A, arm_ns=1_001)) == 2
+    assert arm_us(Rule(ANY_REPORT, A, arm_ns=2**60)) == ARM_US_MAX

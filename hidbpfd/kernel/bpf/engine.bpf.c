@@ -177,12 +177,14 @@ int engine_event(unsigned long long *ctx)
 	c.st = bpf_map_lookup_elem(&engine_state, &zero);
 	if (!c.cfg || !c.st)
 		return 0;
-	hidbpfd_scan_report(&s, &c.cfg->rules, data, len, c.st->armed);
+	c.now = bpf_ktime_get_ns();
+	hidbpfd_scan_report(&s, &c.cfg->rules, data, len, c.st->armed, c.st->armed_until, c.now);
 	if (!s.matched)
 		return 0;	/* nobody hears of it, nothing is written */
+	if (s.arm)
+		hidbpfd_arm(&c.cfg->rules, s.matched, c.st->armed_until, c.now);
 	c.st->armed = (c.st->armed & ~s.disarm) | s.arm;
 
-	c.now = bpf_ktime_get_ns();
 	c.matched = s.matched;
 	c.raw = s.raw;
 	c.len = len;

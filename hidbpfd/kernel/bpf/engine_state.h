@@ -54,6 +54,7 @@ struct engine_state {
 	__u32 armed;		/* the filter's armed mask (engine_event only) */
 	__u32 head;		/* fifo[head % MAX .. tail % MAX) are pending */
 	__u32 tail;
+	__u64 armed_until[HIDBPFD_RULES_MAX];	/* when each group's arm expires (ditto) */
 	struct engine_pstate pol[ENGINE_POLICIES_MAX];
 	struct engine_op fifo[ENGINE_FIFO_MAX];
 };

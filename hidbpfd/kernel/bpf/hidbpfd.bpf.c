@@ -34,7 +34,10 @@ struct {
 SEC("syscall")
 int hidbpfd_feed(struct hidbpfd_feed *ctx)
 {
-	return hidbpfd_filter(ctx->hid_id, ctx->data, ctx->len, ctx->can_hold);
+	__u64 now = ctx->now_ns;
+
+	return hidbpfd_filter(ctx->hid_id, ctx->data, ctx->len, ctx->can_hold,
+			      now ? now : bpf_ktime_get_ns());
 }
 
 /* ------------------------------------------------------- tracing fallback */
@@ -45,7 +48,7 @@ static __always_inline int hidbpfd_trace(__u32 hid_id, int type, const void *dat
 		return 0;
 	if (!bpf_map_lookup_elem(&hidbpfd_traced, &hid_id))
 		return 0;
-	hidbpfd_filter(hid_id, data, size, 0);
+	hidbpfd_filter(hid_id, data, size, 0, bpf_ktime_get_ns());
 	return 0;
 }
 

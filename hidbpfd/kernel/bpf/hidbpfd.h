@@ -49,6 +49,11 @@
  * One rule of a device's table. The report matches if it is at least `len` bytes long and
  * (report[i] & mask[i]) == (pattern[i] & mask[i]) for i < len; mask bytes at and beyond
  * `len` are zero. 72 bytes, 8-aligned, so the filter compares whole __u64 words.
+ *
+ * An ARM rule's `arm_us` is how long the arm it sets lasts (model.Rule.arm_ns, in µs rounded
+ * up): the group's WHEN_ARMED rules stop firing that long after the arming report even if
+ * none fired, because the policy's own wait (defer's delay, release-guard's timeout) ended
+ * then. 0: the arm lasts until a WHEN_ARMED rule of the group fires.
  */
 struct hidbpfd_rule {
 	__u8 pattern[HIDBPFD_PATTERN_MAX];
@@ -56,7 +61,7 @@ struct hidbpfd_rule {
 	__u16 len;
 	__u8 flags;		/* HIDBPFD_RULE_* */
 	__u8 group;		/* arm group, < HIDBPFD_RULES_MAX */
-	__u8 _pad[4];
+	__u32 arm_us;		/* HIDBPFD_RULE_ARM: the arm expires after this (0: never) */
 };
 
 /* Value of the hidbpfd_rules map (key: __u32 hid_id = struct hid_device.id). */
@@ -64,6 +69,17 @@ struct hidbpfd_device_rules {
 	__u32 count;		/* rules[0 .. count) are live; bit i of `matched` is rules[i] */
 	__u32 _pad;
 	struct hidbpfd_rule rules[HIDBPFD_RULES_MAX];
+};
+
+/*
+ * Value of the hidbpfd_armed map (key: hid_id): the armed group bits, and for each group
+ * when its arm expires (bpf_ktime_get_ns(); U64_MAX: never). A group is armed while its bit
+ * is set and now < until[group]; an expired bit may stay set (it is ignored). 264 bytes.
+ */
+struct hidbpfd_armed {
+	__u32 mask;
+	__u32 _pad;
+	__u64 until[HIDBPFD_RULES_MAX];
 };
 
 /* One ring-buffer record: a report the daemon must hear about. 152 bytes. */
@@ -83,6 +99,7 @@ struct hidbpfd_feed {
 	__u8 can_hold;
 	__u8 _pad;
 	__u8 data[HIDBPFD_FEED_DATA_MAX];
+	__u64 now_ns;		/* the report's time (a replay's virtual clock); 0: now */
 };
 
 /*
@@ -105,9 +122,11 @@ struct hidbpfd_io {
 /* One scan of a rule table (hidbpfd_scan_report), shared with the bpf_loop() callback. */
 struct hidbpfd_scan {
 	const struct hidbpfd_device_rules *table;
+	const __u64 *until;	/* when each group's arm expires (struct hidbpfd_armed.until) */
+	__u64 now;		/* the report's time */
 	__u64 head[HIDBPFD_PATTERN_MAX / 8];	/* the report's first bytes, zero-padded */
 	__u32 len;		/* the report's full length */
-	__u32 armed;		/* the armed mask before this report */
+	__u32 armed;		/* the armed mask before this report (expired bits included) */
 	__u32 matched;		/* rules that fired */
 	__u32 raw;		/* rules whose pattern matches, armed or not */
 	__u32 disarm;		/* groups to disarm: WHEN_ARMED rules that fired */
@@ -143,7 +162,7 @@ static long hidbpfd_scan_rule(__u32 i, void *ctx)
 {
 	struct hidbpfd_scan *s = ctx;
 	const struct hidbpfd_rule *r;
-	__u32 bit;
+	__u32 bit, g;
 
 	if (i >= HIDBPFD_RULES_MAX)
 		return 1;
@@ -151,8 +170,10 @@ static long hidbpfd_scan_rule(__u32 i, void *ctx)
 	if (!hidbpfd_rule_matches(r, s->head, s->len))
 		return 0;
 	s->raw |= 1U << i;
-	bit = 1U << (r->group & (HIDBPFD_RULES_MAX - 1));
-	if ((r->flags & HIDBPFD_RULE_WHEN_ARMED) && !(s->armed & bit))
+	g = r->group & (HIDBPFD_RULES_MAX - 1);
+	bit = 1U << g;
+	/* armed: the bit is set and the arm has not expired (the policy's wait is not over) */
+	if ((r->flags & HIDBPFD_RULE_WHEN_ARMED) && (!(s->armed & bit) || s->now >= s->until[g]))
 		return 0;
 	s->matched |= 1U << i;
 	if (r->flags & HIDBPFD_RULE_WHEN_ARMED)
@@ -165,19 +186,24 @@ static long hidbpfd_scan_rule(__u32 i, void *ctx)
 }
 
 /*
- * The rules of `table` (its first `count`) against a report, given the armed mask before it
- * (reference: the matching half of hidbpfd.engine.filter.Filter.run). `data` is any kernel pointer to
- * the report (read with bpf_probe_read_kernel, so a HID-BPF buffer, a tracing argument and a
- * syscall context all work); `len` its full length. Fills `s`; the caller applies arm/disarm
- * to its own armed mask. A report that cannot be read matches nothing.
+ * The rules of `table` (its first `count`) against a report, given the armed state before it:
+ * the mask `armed` and `until`, when each group's arm expires, both from a struct
+ * hidbpfd_armed (reference: the matching half of hidbpfd.engine.filter.Filter.run). `data` is
+ * any kernel pointer to the report (read with bpf_probe_read_kernel, so a HID-BPF buffer, a
+ * tracing argument and a syscall context all work); `len` its full length, `now` its time.
+ * Fills `s`; the caller applies arm/disarm to its own armed state (hidbpfd_arm() for the
+ * deadlines). A report that cannot be read matches nothing.
  */
 static __always_inline void hidbpfd_scan_report(struct hidbpfd_scan *s,
 						const struct hidbpfd_device_rules *table,
-						const void *data, __u32 len, __u32 armed)
+						const void *data, __u32 len, __u32 armed,
+						const __u64 *until, __u64 now)
 {
 	__u32 n, count;
 
-	*s = (struct hidbpfd_scan){ .table = table, .len = len, .armed = armed };
+	*s = (struct hidbpfd_scan){
+		.table = table, .until = until, .now = now, .len = len, .armed = armed,
+	};
 
 	/* the first bytes, zero-padded: patterns never look further */
 	n = len;
@@ -193,6 +219,54 @@ static __always_inline void hidbpfd_scan_report(struct hidbpfd_scan *s,
 	if (count > HIDBPFD_RULES_MAX)
 		count = HIDBPFD_RULES_MAX;
 	bpf_loop(count, hidbpfd_scan_rule, s, 0);
+}
+
+/* One hidbpfd_arm(), shared with its bpf_loop() callback. */
+struct hidbpfd_arming {
+	const struct hidbpfd_device_rules *table;
+	__u64 *until;
+	__u64 now;
+	__u32 matched;
+	__u32 seen;		/* groups given a deadline by this report already */
+};
+
+/* bpf_loop() callback: rule `i`, if it fired and arms, sets its group's deadline. */
+static long hidbpfd_arm_rule(__u32 i, void *ctx)
+{
+	struct hidbpfd_arming *a = ctx;
+	const struct hidbpfd_rule *r;
+	__u64 due;
+	__u32 g;
+
+	if (i >= HIDBPFD_RULES_MAX)
+		return 1;
+	r = &a->table->rules[i];
+	if (!(a->matched & (1U << i)) || !(r->flags & HIDBPFD_RULE_ARM))
+		return 0;
+	g = r->group & (HIDBPFD_RULES_MAX - 1);
+	due = r->arm_us ? a->now + (__u64)r->arm_us * 1000 : ~0ULL;
+	/* a new arm replaces the old deadline; two rules arming one group: the later one */
+	if (!(a->seen & (1U << g)) || due > a->until[g])
+		a->until[g] = due;
+	a->seen |= 1U << g;
+	return 0;
+}
+
+/*
+ * The deadlines of the groups a report armed (the ARM rules among `matched`): until[group] =
+ * now + arm_us (U64_MAX when arm_us is 0). Call before setting the groups' bits, so a reader
+ * never sees a fresh bit with a stale deadline (reference: Filter.run).
+ */
+static __always_inline void hidbpfd_arm(const struct hidbpfd_device_rules *table, __u32 matched,
+					__u64 *until, __u64 now)
+{
+	struct hidbpfd_arming a = { .table = table, .until = until, .now = now,
+				    .matched = matched };
+	__u32 count = table->count;
+
+	if (count > HIDBPFD_RULES_MAX)
+		count = HIDBPFD_RULES_MAX;
+	bpf_loop(count, hidbpfd_arm_rule, &a, 0);
 }
 
 /*
@@ -248,12 +322,12 @@ struct {
 	__type(value, struct hidbpfd_device_rules);
 } hidbpfd_rules SEC(".maps");
 
-/* Armed group bits per device; created by userspace with the rules, updated here. */
+/* Armed groups per device; created by userspace with the rules, updated here. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 256);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, struct hidbpfd_armed);
 } hidbpfd_armed SEC(".maps");
 
 /* Records for the daemon; userspace sets the size (bytes, a power of 2) before load. */
@@ -273,24 +347,29 @@ struct {
 /*
  * The filter (reference: hidbpfd.engine.filter.Filter.run). `data` is any kernel pointer to the
  * report (read with bpf_probe_read_kernel, so a HID-BPF buffer, a tracing argument and a
- * syscall context all work); `len` its full length. Returns HIDBPFD_VERDICT_*; the
- * caller holds the report iff HIDBPFD_VERDICT_HOLD.
+ * syscall context all work); `len` its full length; `now` its time (bpf_ktime_get_ns(), or
+ * a replay's clock). Returns HIDBPFD_VERDICT_*; the caller holds the report iff
+ * HIDBPFD_VERDICT_HOLD.
  */
 static __always_inline int hidbpfd_filter(__u32 hid_id, const void *data, __u32 len,
-					  int can_hold)
+					  int can_hold, __u64 now)
 {
 	struct hidbpfd_scan s;
 	struct hidbpfd_device_rules *table;
 	struct hidbpfd_record *rec;
-	__u32 *armedp, zero = 0, n;
+	struct hidbpfd_armed *armedp;
+	__u32 zero = 0, n;
 	__u64 *drops;
 	int hold, truncated;
 
 	table = bpf_map_lookup_elem(&hidbpfd_rules, &hid_id);
 	if (!table)
 		return HIDBPFD_VERDICT_QUIET;
+	/* created by userspace before the table: none only while a device is torn down */
 	armedp = bpf_map_lookup_elem(&hidbpfd_armed, &hid_id);
-	hidbpfd_scan_report(&s, table, data, len, armedp ? *armedp : 0);
+	if (!armedp)
+		return HIDBPFD_VERDICT_QUIET;
+	hidbpfd_scan_report(&s, table, data, len, armedp->mask, armedp->until, now);
 	if (!s.matched)
 		return HIDBPFD_VERDICT_QUIET;
 
@@ -302,16 +381,16 @@ static __always_inline int hidbpfd_filter(__u32 hid_id, const void *data, __u32 
 			*drops += 1;	/* per-CPU slot: no other writer */
 		return HIDBPFD_VERDICT_DROPPED;
 	}
-	if (armedp) {
-		if (s.disarm)
-			__sync_fetch_and_and(armedp, ~s.disarm);
-		if (s.arm)
-			__sync_fetch_and_or(armedp, s.arm);
+	if (s.disarm)
+		__sync_fetch_and_and(&armedp->mask, ~s.disarm);
+	if (s.arm) {
+		hidbpfd_arm(table, s.matched, armedp->until, now);
+		__sync_fetch_and_or(&armedp->mask, s.arm);
 	}
 
 	truncated = len > HIDBPFD_RECORD_DATA_MAX;
 	hold = s.hold && can_hold && !truncated;
-	rec->ts_ns = bpf_ktime_get_ns();
+	rec->ts_ns = now;
 	rec->matched = s.matched;
 	rec->hid_id = hid_id;
 	rec->flags = (hold ? HIDBPFD_REC_HELD : 0) | (truncated ? HIDBPFD_REC_TRUNCATED : 0);

@@ -5,8 +5,10 @@
  * One object per device: userspace writes the device's hid_id into hidbpfd_ops in the
  * ELF image before opening it (libbpf 1.1 has no API for struct_ops initial values), makes
  * the maps reuse the fds of the hidbpfd.bpf.o instance, loads and attaches. The section
- * is ".struct_ops" (not ".struct_ops.link", which libbpf 1.1 does not know): attaching
- * updates the map, detaching deletes its element, both call hid_bpf_ops.reg/unreg.
+ * is ".struct_ops" (not ".struct_ops.link", which libbpf 1.1 does not know); userspace sets
+ * BPF_F_LINK on the map before load instead, and registers it through a BPF link
+ * (libbpf.Map.attach_struct_ops): the kernel unregisters it when the link's last fd closes,
+ * so a daemon that dies, however it dies, leaves nothing behind (docs/crash-safety.md).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -40,7 +42,7 @@ int hidbpfd_event(unsigned long long *ctx)
 	data = hidbpfd_event_report(ctx, hidbpfd_has_source, &len);
 	if (!data)
 		return 0;
-	if (hidbpfd_filter(hctx->hid->id, data, len, 1) == HIDBPFD_VERDICT_HOLD)
+	if (hidbpfd_filter(hctx->hid->id, data, len, 1, bpf_ktime_get_ns()) == HIDBPFD_VERDICT_HOLD)
 		return -HIDBPFD_HOLD_ERRNO;
 	return 0;
 }
