@@ -304,7 +304,7 @@ class Daemon:
         if is_mirror(hd.id):  # our own injection sink for another device: never managed
             log.debug("%s: a hidbpfd uhid mirror, not managed", hd.id.describe())
             return
-        bindings = self.config.bindings_for(hd.id)
+        bindings = self.config.bindings_for(hd.id, hd.facts)
         if not bindings:
             log.debug("%s: no policy file matches", hd.id.describe())
             return
@@ -322,7 +322,7 @@ class Daemon:
         self.source.set_rules(kid, table)
         injector = self._injector_factory(hd)
         io = DeviceIO(dev, injector, self._report_io_factory(hd), self._io_error)
-        files = [f.path for f in self.config.files_for(dev)]
+        files = [f.path for f in self.config.files_for(dev, hd.facts)]
         self.managed[dev.key] = Managed(hd, io, attach, table, files)
         self.sink.devices[dev.key] = io
         self.by_kid[kid] = dev
@@ -387,10 +387,10 @@ class Daemon:
     # --- the in-kernel engine ----------------------------------------------------------
 
     def _split_engines(
-        self, dev: DeviceId, bindings: Sequence[Binding]
+        self, hd: HidDevice, bindings: Sequence[Binding]
     ) -> tuple[list[Binding], list[Binding], list[str]]:
-        """(kernel-engine bindings, the others, the kernel files' paths) for ``dev``."""
-        kfiles = [f for f in self.config.files_for(dev) if f.engine == "kernel"]
+        """(kernel-engine bindings, the others, the kernel files' paths) for ``hd``."""
+        kfiles = [f for f in self.config.files_for(hd.id, hd.facts) if f.engine == "kernel"]
         kernel = [b for f in kfiles for b in f.bindings]
         kset = set(kernel)
         return kernel, [b for b in bindings if b not in kset], [f.path for f in kfiles]
@@ -414,7 +414,7 @@ class Daemon:
         """Attach the in-kernel engine for ``hd``'s kernel-engine files (or log why not);
         returns the bindings left for the userspace path."""
         dev = hd.id
-        kernel, user, kfiles = self._split_engines(dev, bindings)
+        kernel, user, kfiles = self._split_engines(hd, bindings)
         if not kernel:
             return user
         names = ", ".join(Path(f).name for f in kfiles)
@@ -481,7 +481,7 @@ class Daemon:
         (and their state), changed ones are re-attached fresh. Returns the userspace
         bindings."""
         key = hd.id.key
-        kernel, user, _ = self._split_engines(hd.id, bindings)
+        kernel, user, _ = self._split_engines(hd, bindings)
         km = self.kernel.get(key)
         if km is not None and km.bindings == kernel and not user:
             return user
@@ -566,7 +566,7 @@ class Daemon:
         self.config = merged
         res = ReloadResult(new.errors, [], [], [])
         for key, hd in list(self.present.items()):
-            bindings = self._reload_kernel(hd, merged.bindings_for(hd.id), res)
+            bindings = self._reload_kernel(hd, merged.bindings_for(hd.id, hd.facts), res)
             m = self.managed.get(key)
             if m is None:
                 if bindings:
@@ -584,7 +584,7 @@ class Daemon:
             if slot.table != m.table:
                 self.source.set_rules(hd.id.kernel_id, slot.table)
                 m.table = slot.table
-            m.files = [f.path for f in merged.files_for(hd.id)]
+            m.files = [f.path for f in merged.files_for(hd.id, hd.facts)]
             res.changed.append(key)
         return res
 
