@@ -163,24 +163,18 @@ def inventory(
     config: Sequence[str | Path],
     socket_path: str,
     *,
-    hid_devices: Path = HID_DEVICES,
+    hid_devices: Path | None = None,
     sys_root: Path = Path("/sys"),
+    kv: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything ``hidbpfd devices --json`` prints."""
-    from hidbpfd.devices.chooser import kernel_injector_reason
-    from hidbpfd.kernel.probe import probe
-
+    """Everything ``hidbpfd devices --json`` prints (``kv``: a :func:`kernel_view` to use
+    instead of probing this kernel)."""
     cfg = load([p for p in config if Path(p).exists()])
-    try:
-        checks: Mapping[str, Mapping[str, object]] = probe(load=True)
-        kinj = kernel_injector_reason()
-    except Exception as e:  # the listing must work on a machine without BPF
-        checks = {}
-        kinj = f"probe failed: {e}"
-    kv = kernel_view(checks, kinj)
+    if kv is None:
+        kv = _probe_kernel()
     status = daemon_status(socket_path)
     try:
-        dirs = sorted(p for p in hid_devices.iterdir())
+        dirs = sorted((hid_devices or HID_DEVICES).iterdir())
     except OSError:
         dirs = []
     return {
@@ -190,6 +184,19 @@ def inventory(
         "daemon": NO_DAEMON if status is None else f"pid {status.get('pid')}",
         "devices": [describe(d, cfg, kv, status, sys_root) for d in dirs],
     }
+
+
+def _probe_kernel() -> dict[str, Any]:
+    from hidbpfd.devices.chooser import kernel_injector_reason
+    from hidbpfd.kernel.probe import probe
+
+    try:
+        checks: Mapping[str, Mapping[str, object]] = probe(load=True)
+        kinj = kernel_injector_reason()
+    except Exception as e:  # the listing must work on a machine without BPF
+        checks = {}
+        kinj = f"probe failed: {e}"
+    return kernel_view(checks, kinj)
 
 
 def _reports_text(desc: Mapping[str, Any]) -> str:

@@ -82,11 +82,11 @@ def parse_match(spec: str) -> DeviceMatch:
     return DeviceMatch(**vals)  # type: ignore[arg-type]
 
 
-def present(hid_devices: Path = HID_DEVICES) -> list[Target]:
+def present(hid_devices: Path | None = None) -> list[Target]:
     """Every HID device with a hidraw node, by hid id."""
     out = []
     try:
-        dirs = sorted(hid_devices.iterdir())
+        dirs = sorted((hid_devices or HID_DEVICES).iterdir())
     except OSError:
         return []
     for d in dirs:
@@ -104,7 +104,7 @@ def present(hid_devices: Path = HID_DEVICES) -> list[Target]:
 
 
 def select(
-    specs: Sequence[str], hid_devices: Path = HID_DEVICES, sys_root: Path = Path("/sys")
+    specs: Sequence[str], hid_devices: Path | None = None, sys_root: Path = Path("/sys")
 ) -> list[Target]:
     """The devices the DEVICE arguments name, each once, in argument order (all with a
     hidraw node if none are given). Raises SelectError for one that names nothing."""
@@ -122,7 +122,8 @@ def select(
             found = []
             for t in devices:
                 facts = descriptor_facts(
-                    t.descriptor, usb_interface(hid_devices / t.id.hid_id, sys_root)
+                    t.descriptor,
+                    usb_interface((hid_devices or HID_DEVICES) / t.id.hid_id, sys_root),
                 )
                 if match.matches(t.id, facts):
                     found.append(t)
