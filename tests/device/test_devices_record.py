@@ -68,8 +68,8 @@ async def tablet(product: int) -> AsyncIterator[list[tuple[UhidDevice, str]]]:
             )
             devs.append((dev, ""))
         for i, (dev, _) in enumerate(devs):
-            await dev.wait_started()
-            devs[i] = (dev, await dev.wait_hidraw())
+            await dev.wait_started(90)
+            devs[i] = (dev, await dev.wait_hidraw(90))
         yield devs
     finally:
         for dev, _ in devs:
