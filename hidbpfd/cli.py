@@ -336,14 +336,23 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the docs test)."""
     p = argparse.ArgumentParser(
-        prog="hidbpfd", description="Deferred HID device IO on behalf of BPF events."
+        prog="hidbpfd",
+        description="Deferred HID device IO on behalf of BPF events.",
+        epilog="'hidbpfd COMMAND --help' gives a command's options. The reference is docs/ in "
+        "the source tree: docs/commands.md (every command), docs/policies.md (policy files), "
+        "docs/daemon.md (the daemon and its settings).",
     )
     p.add_argument("--version", action="version", version=f"hidbpfd {__version__}")
-    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="log level (default warning); before COMMAND",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("check", help="validate policy files or directories")
-    c.add_argument("paths", nargs="+", metavar="PATH")
+    c.add_argument("paths", nargs="+", metavar="PATH", help="policy files or directories")
     c.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     c.set_defaults(func=_cmd_check)
 
@@ -356,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument(
         "--device", choices=["uhid"], help="play it on a real uhid device in real time"
     )
-    r.add_argument("recording", metavar="RECORDING")
+    r.add_argument("recording", metavar="RECORDING", help="a hid-recorder capture (.hid)")
     r.set_defaults(func=_cmd_replay)
 
     from hidbpfd.config import DEFAULT_DIR

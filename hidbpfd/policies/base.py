@@ -47,7 +47,7 @@ class Policy(Generic[S]):
     PARAMS: ClassVar[tuple[Param, ...]]
     """Its TOML keys, declared as data; the config layer validates against them."""
     SUMMARY: ClassVar[str]
-    """One line for ``hidbpfd policies`` and README."""
+    """One line for ``hidbpfd policies``."""
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> Policy[Any]:

@@ -1,6 +1,6 @@
 """Which capabilities the daemon really needs (for units/hidbpfd.service), measured: as root we
 create a uhid device, then a child process running as nobody with only a given set of ambient
-capabilities tries each thing the daemon does with BPF. The table is printed (README quotes it);
+capabilities tries each thing the daemon does with BPF. The table is printed (docs/service.md quotes it);
 the test asserts that the unit's set is enough and that each capability in it is needed."""
 
 from __future__ import annotations

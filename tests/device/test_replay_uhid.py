@@ -3,7 +3,7 @@ devices with the real daemon (HID-BPF holding reports, the in-kernel injector in
 the same trace as the virtual replay: the same kinds and data, in the same order per kind. Times
 are compared with the virtual replay of the reports *as they were really sent* (under software
 emulation the sender itself stalls; what is left is the daemon's latency) and must be within
-TOLERANCE_S (README states what was measured)."""
+TOLERANCE_S (docs/tests.md states what was measured)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from tests.replay.test_captures import CAPTURES
 
 ROOT = Path(__file__).resolve().parents[2]
 EMULATED = "QEMU TCG" in Path("/proc/cpuinfo").read_text()
-# Measured (README): largest differences 10-46 ms under TCG emulation on an idle machine, up to
+# Measured (docs/tests.md): largest differences 10-46 ms under TCG emulation on an idle machine, up to
 # ~125 ms with other VMs sharing the 2 cores; a real CPU does it in well under 10 ms.
 TOLERANCE_S = 0.250 if EMULATED else 0.050
 pytestmark = pytest.mark.device

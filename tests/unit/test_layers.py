@@ -100,3 +100,66 @@ def test_lower_layers_never_import_upper_ones() -> None:
 def test_the_check_sees_imports() -> None:
     """Guard the guard: the scanner does find an import where there is one."""
     assert "hidbpfd.model" in imports(PKG / "engine/filter.py")
+
+
+# The packages split by meaning: each part may import only the parts listed before it (and never
+# its own package's __init__, which re-exports them), so the order below is their layering.
+PARTS = {
+    "daemon": ("state", "kernel_engine", "devices", "status", "reload", "lifecycle"),
+    "vm": ("setup", "boot"),
+    "bench/devices": (
+        "plan",
+        "measure",
+        "daemon_process",
+        "device",
+        "latency",
+        "load",
+        "results",
+        "plotting",
+        "runner",
+    ),
+}
+
+
+@pytest.mark.parametrize("pkg", sorted(PARTS))
+def test_parts_import_only_the_parts_below_them(pkg: str) -> None:
+    order = PARTS[pkg]
+    dotted = "hidbpfd." + pkg.replace("/", ".")
+    assert sorted(
+        p.stem for p in (PKG / pkg).glob("*.py") if not p.stem.startswith("__")
+    ) == sorted(order), f"hidbpfd/{pkg}/ has parts the layer test does not place"
+    bad = []
+    for i, part in enumerate(order):
+        for m in imports(PKG / pkg / f"{part}.py"):
+            if m == dotted:
+                bad.append(f"{part} imports its package {m}")
+            elif m.startswith(dotted + "."):
+                other = m.removeprefix(dotted + ".").split(".", 1)[0]
+                if other not in order[:i]:
+                    bad.append(f"{part} imports {m}, not below it")
+    assert not bad, bad
+
+
+def test_the_vm_tier_stands_alone() -> None:
+    """hidbpfd/vm/ boots a kernel on a host that has none of the rest working: the standard
+    library and itself only."""
+    bad = [
+        f"{path.relative_to(PKG)} imports {m}"
+        for path in (PKG / "vm").glob("*.py")
+        for m in imports(path)
+        if m.startswith("hidbpfd") and not m.startswith("hidbpfd.vm")
+    ]
+    assert not bad, bad
+
+
+def test_the_daemon_never_reaches_up() -> None:
+    """The daemon's parts serve the CLI, the live replay and the benchmark; never the reverse."""
+    upper = ("hidbpfd.cli", "hidbpfd.runtime", "hidbpfd.bench", "hidbpfd.vm", "hidbpfd.demo")
+    upper += ("hidbpfd.replay.live",)
+    bad = [
+        f"{path.relative_to(PKG)} imports {m}"
+        for path in (PKG / "daemon").glob("*.py")
+        for m in imports(path)
+        if any(m == u or m.startswith(u + ".") for u in upper)
+    ]
+    assert not bad, bad

@@ -1,5 +1,5 @@
 """The systemd unit: ``systemd-analyze verify`` is clean and the exposure score of
-``systemd-analyze security --offline=yes`` is 2.0 or lower (README states the score)."""
+``systemd-analyze security --offline=yes`` is 2.0 or lower (docs/service.md states the score)."""
 
 from __future__ import annotations
 
@@ -50,5 +50,5 @@ def test_security_exposure(tmp_path: Path) -> None:
     assert m, out.stdout + out.stderr
     score = float(m.group(1))
     assert score <= 2.0, out.stdout
-    readme = (ROOT / "README.md").read_text()
-    assert f"exposure level {score}" in readme, f"README must state the current score ({score})"
+    page = (ROOT / "docs" / "service.md").read_text()
+    assert f"exposure level {score}" in page, f"docs/service.md must state the score ({score})"

@@ -9,22 +9,29 @@ from pathlib import Path
 
 import pytest
 
-from hidbpfd import vm
-from hidbpfd.vm import (
+from hidbpfd.vm import boot
+from hidbpfd.vm.boot import (
+    BOOT_RETRIES,
+    GUEST_SETUP_FAILED,
     READY_MARKER,
+    BootOutcome,
     VmArgs,
+    boot_again,
+    boot_failure,
+    guest_env,
+    guest_script,
+    kvm_usable,
+    parse_args,
+    vng_command,
+)
+from hidbpfd.vm.setup import (
     VmAssets,
     VmError,
     cache_dir,
     check_kernel_config,
     choose_kernel,
-    guest_env,
-    guest_script,
     is_static_elf,
     kernel_dependencies,
-    kvm_usable,
-    parse_args,
-    vng_command,
 )
 
 
@@ -284,6 +291,83 @@ def test_main_reports_errors_without_a_traceback(
     def fail(*_args: object, **_kwargs: object) -> int:
         raise VmError("cannot download the package lists")
 
-    monkeypatch.setattr(vm, "run_in_vm", fail)
-    assert vm.main(["--", "true"]) == 2
+    monkeypatch.setattr(boot, "run_in_vm", fail)
+    assert boot.main(["--", "true"]) == 2
     assert capsys.readouterr().err == "hidbpfd vm: error: cannot download the package lists\n"
+
+
+def _outcome(returncode: int = 255, *, ready: bool = False, killed_for: str = "") -> BootOutcome:
+    return BootOutcome(returncode, ready, killed_for, "")
+
+
+@pytest.mark.parametrize(
+    ("outcome", "again"),
+    [
+        (_outcome(255), True),  # virtme-run: qemu ended without the script's exit code
+        (_outcome(1), True),  # vng itself failed before the guest said anything
+        (_outcome(-9), True),  # qemu/vng killed by someone else
+        (_outcome(0, ready=True), False),  # the command ran: its exit code is the answer
+        (_outcome(255, ready=True), False),  # the command ran, then the guest died
+        (_outcome(GUEST_SETUP_FAILED), False),  # the guest came up and said why it failed
+        (_outcome(-9, killed_for="the guest did not come up within 300 s"), False),
+        (_outcome(-9, killed_for="interrupted"), False),
+        (_outcome(-9, killed_for="qemu's KVM cannot run this kernel (emulation failure)"), False),
+    ],
+)
+def test_boot_again_only_for_a_boot_that_ended_before_the_guest_came_up(
+    outcome: BootOutcome, again: bool
+) -> None:
+    assert boot_again(outcome, 1) is again
+
+
+def test_boot_again_is_bounded() -> None:
+    assert BOOT_RETRIES >= 1
+    tries = [boot_again(_outcome(255), attempt) for attempt in range(1, BOOT_RETRIES + 3)]
+    assert tries == [True] * BOOT_RETRIES + [False, False]
+    assert boot_again(_outcome(255), 1, retries=0) is False
+
+
+def test_boot_failure_says_what_255_means_and_that_vng_was_silent() -> None:
+    why = boot_failure(_outcome(255))
+    assert "vng exited with 255" in why and "panicked" in why and "printed nothing" in why
+    spoke = BootOutcome(1, False, "", "virtme-run: error: something")
+    assert boot_failure(spoke) == "vng exited with 1"
+    assert boot_failure(_outcome(-9, killed_for="timed out after 5 s")) == "timed out after 5 s"
+
+
+def test_run_in_vm_boots_again_after_an_early_failure(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Two silent 255s, then a boot that comes up: CMD's exit code, each failure on stderr."""
+    outcomes = [_outcome(255), _outcome(255), _outcome(3, ready=True)]
+    argvs: list[list[str]] = []
+
+    def supervise(argv: list[str], *_args: object) -> BootOutcome:
+        argvs.append(list(argv))
+        return outcomes.pop(0)
+
+    monkeypatch.setenv("HIDBPFD_VM_CACHE", str(tmp_path))
+    monkeypatch.setattr(boot, "_supervise", supervise)
+    assert boot.run_in_vm(["true"], cwd=str(tmp_path), assets=_assets()) == 3
+    err = capsys.readouterr().err
+    assert err.count("failed before the guest came up: vng exited with 255") == 2
+    assert "boot 1 of 3" in err and "boot 2 of 3" in err
+    assert len(argvs) == 3 and argvs[0] == argvs[2]
+    assert not list((tmp_path / "run").iterdir())  # the guest script is gone
+
+
+def test_run_in_vm_gives_up_after_the_retries(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    calls: list[int] = []
+
+    def supervise(*_args: object) -> BootOutcome:
+        calls.append(1)
+        return _outcome(255)
+
+    monkeypatch.setenv("HIDBPFD_VM_CACHE", str(tmp_path))
+    monkeypatch.setattr(boot, "_supervise", supervise)
+    with pytest.raises(VmError, match=r"did not boot \(3 attempts\): vng exited with 255"):
+        boot.run_in_vm(["true"], cwd=str(tmp_path), assets=_assets())
+    assert len(calls) == 1 + BOOT_RETRIES
+    assert capsys.readouterr().err.count("booting again") == BOOT_RETRIES
