@@ -3,6 +3,7 @@
 - ``hidbpfd check PATH...``
 - ``hidbpfd replay --config PATH [--via-bpf | --device uhid] RECORDING``
 - ``hidbpfd probe``, ``hidbpfd vm [--] CMD...``, ``hidbpfd policies``
+- ``hidbpfd devices [--json]``, ``hidbpfd record [DEVICE...] [-o FILE] [--duration S]``
 """
 
 from __future__ import annotations
@@ -266,6 +267,19 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_devices(args: argparse.Namespace) -> int:
+    from hidbpfd.config import DEFAULT_DIR
+    from hidbpfd.inventory import main as devices_main
+
+    return devices_main(args.config or [DEFAULT_DIR], args.socket, args.json)
+
+
+def _cmd_record(args: argparse.Namespace) -> int:
+    from hidbpfd.devices.recorder import main as record_main
+
+    return record_main(args.devices, args.output, args.duration)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -454,6 +468,31 @@ def build_parser() -> argparse.ArgumentParser:
     how_d.add_argument("--replay", action="store_true", help="virtual time only (no devices)")
     how_d.add_argument("--live", action="store_true", help="real uhid devices here, or fail")
     d.set_defaults(func=_cmd_demo)
+
+    dv = sub.add_parser("devices", help="every HID device present and what hidbpfd would do")
+    dv.add_argument(
+        "--config",
+        action="append",
+        metavar="DIR",
+        help=f"policy directory or file to match against (default {DEFAULT_DIR}); repeatable",
+    )
+    dv.add_argument("--socket", help=f"the daemon's control socket (default {sock})")
+    dv.add_argument("--json", action="store_true", help="JSON instead of text")
+    dv.set_defaults(func=_cmd_devices)
+
+    rc = sub.add_parser("record", help="record HID devices' reports as a hid-recorder capture")
+    rc.add_argument(
+        "devices",
+        nargs="*",
+        metavar="DEVICE",
+        help="/dev/hidrawN, a hid id (0003:28BD:0905.0001) or key=value[,key=value] with "
+        "[device] keys (vendor=0x28bd,product=0x0905); default: every hidraw device",
+    )
+    rc.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
+    rc.add_argument(
+        "--duration", type=float, metavar="S", help="stop after S seconds (default: Ctrl-C)"
+    )
+    rc.set_defaults(func=_cmd_record)
 
     pl = sub.add_parser("policies", help="list the policy types and their keys")
     pl.set_defaults(func=_cmd_policies)

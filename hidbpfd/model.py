@@ -79,6 +79,23 @@ class DeviceId:
         return f'{self.key} "{self.name}"' if self.name else self.key
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceFacts:
+    """What ``[device]`` matching knows of a device beyond its :class:`DeviceId`.
+
+    Read from its report descriptor and sysfs by whoever meets the device (the udev watcher,
+    the replay, ``devices``); ``None`` means unknown, and a match key that needs an unknown fact
+    does not match.
+    """
+
+    applications: tuple[int, ...] | None = None
+    """Usages (``page << 16 | usage``) of the descriptor's top-level application collections."""
+    report_ids: frozenset[int] | None = None
+    """Every report ID the descriptor declares (input, output or feature)."""
+    interface: int | None = None
+    """The USB interface number (``bInterfaceNumber``); None off USB."""
+
+
 class HexError(ValueError):
     """A hex byte string could not be parsed; the message says which token and why."""
 

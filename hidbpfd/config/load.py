@@ -17,11 +17,12 @@ from typing import Any, Final
 
 from hidbpfd.config.errors import ConfigError
 from hidbpfd.config.locate import Locator
+from hidbpfd.config.match import KEYS as DEVICE_KEYS
 from hidbpfd.config.match import DeviceMatch
 from hidbpfd.config.read import ReadError, read_toml
 from hidbpfd.engine.dispatch import Binding
 from hidbpfd.engine.filter import RuleTableError, check_table
-from hidbpfd.model import BUS_NAMES, DeviceId, DeviceRule
+from hidbpfd.model import BUS_NAMES, DeviceFacts, DeviceId, DeviceRule
 from hidbpfd.policies import Policy, load_registry
 from hidbpfd.policies.params import ParamError, convert
 
@@ -29,7 +30,6 @@ DEFAULT_DIR: Final = "/etc/hidbpfd/devices.d"
 FILE_NAME: Final = re.compile(r"^\d\d-[a-z0-9]+__[a-z0-9]+-[a-z0-9][a-z0-9_-]*\.toml$")
 TOP_KEYS: Final = ("device", "policy", "engine")
 ENGINES: Final = ("userspace", "kernel")
-DEVICE_KEYS: Final = ("bus", "vendor", "product", "name", "uniq", "phys")
 MAX_FILES: Final = 1000
 """Policy files read from one directory (each at most 256 KiB: a reload stays short)."""
 MAX_POLICIES: Final = 64
@@ -56,13 +56,14 @@ class Config:
     errors: list[ConfigError] = field(default_factory=list)
     warnings: list[ConfigError] = field(default_factory=list)
 
-    def files_for(self, dev: DeviceId) -> list[PolicyFile]:
-        """The files whose ``[device]`` table matches ``dev``."""
-        return [f for f in self.files if f.match.matches(dev)]
+    def files_for(self, dev: DeviceId, facts: DeviceFacts | None = None) -> list[PolicyFile]:
+        """The files whose ``[device]`` table matches ``dev`` (``facts``: its descriptor and
+        interface, for the keys that need them)."""
+        return [f for f in self.files if f.match.matches(dev, facts)]
 
-    def bindings_for(self, dev: DeviceId) -> list[Binding]:
+    def bindings_for(self, dev: DeviceId, facts: DeviceFacts | None = None) -> list[Binding]:
         """Every policy that applies to ``dev``, file by file, in file order."""
-        return [b for f in self.files_for(dev) for b in f.bindings]
+        return [b for f in self.files_for(dev, facts) for b in f.bindings]
 
     @property
     def ok(self) -> bool:
@@ -300,7 +301,43 @@ def _device(dev: object, err: Any) -> DeviceMatch | None:
                     f'Write e.g. {k} = "XP-Pen*"',
                 )
                 ok = False
+    ok = _interface_keys(dev, vals, err) and ok
     return DeviceMatch(**vals) if ok else None
+
+
+_NUMBER_KEYS: Final = {  # key: (lowest, highest, what it is, an example)
+    "usage_page": (0, 0xFFFF, "a usage page", "0x0d (digitizer)"),
+    "usage": (0, 0xFFFF, "a usage", "0x02 (pen)"),
+    "report_id": (1, 0xFF, "a report ID", "0x02"),
+    "interface": (0, 0xFF, "a USB interface number", "0"),
+}
+
+
+def _interface_keys(dev: Mapping[str, object], vals: dict[str, Any], err: Any) -> bool:
+    """``usage_page``, ``usage``, ``report_id``, ``interface``: numbers in range; ``usage``
+    only with ``usage_page``."""
+    ok = True
+    for k, (low, top, what, example) in _NUMBER_KEYS.items():
+        v = dev.get(k)
+        if v is None:
+            continue
+        if isinstance(v, int) and not isinstance(v, bool) and low <= v <= top:
+            vals[k] = v
+        else:
+            err(
+                f"device.{k}",
+                f"{k} {v!r} is not {what} ({low}..{top:#x})",
+                f"Write it as a number, e.g. {k} = {example}",
+            )
+            ok = False
+    if "usage" in dev and "usage_page" not in dev:
+        err(
+            "device.usage",
+            "usage without usage_page",
+            "Add usage_page = the page of that usage, e.g. usage_page = 0x0d for a digitizer",
+        )
+        ok = False
+    return ok
 
 
 def _policies(

@@ -28,7 +28,7 @@ class Devices(KernelEngines):
         if is_mirror(hd.id):  # our own injection sink for another device: never managed
             log.debug("%s: a hidbpfd uhid mirror, not managed", hd.id.describe())
             return
-        bindings = self.config.bindings_for(hd.id)
+        bindings = self.config.bindings_for(hd.id, hd.facts)
         if not bindings:
             log.debug("%s: no policy file matches", hd.id.describe())
             return
@@ -46,7 +46,7 @@ class Devices(KernelEngines):
         self.source.set_rules(kid, table)
         injector = self._injector_factory(hd)
         io = DeviceIO(dev, injector, self._report_io_factory(hd), self._io_error)
-        files = [f.path for f in self.config.files_for(dev)]
+        files = [f.path for f in self.config.files_for(dev, hd.facts)]
         self.managed[dev.key] = Managed(hd, io, attach, table, files)
         self.sink.devices[dev.key] = io
         self.by_kid[kid] = dev

@@ -11,7 +11,6 @@ from pathlib import Path
 from hidbpfd.daemon.state import DaemonState, KernelEngineLike, KernelManaged, ReloadResult
 from hidbpfd.devices.udev import HidDevice
 from hidbpfd.engine.dispatch import Binding, Outcome
-from hidbpfd.model import DeviceId
 from hidbpfd.service.logs import fields
 
 log = logging.getLogger("hidbpfd.daemon")  # the daemon's one logger, whichever part logs
@@ -21,10 +20,10 @@ class KernelEngines(DaemonState):
     """The in-kernel engine's part of :class:`hidbpfd.daemon.Daemon`."""
 
     def _split_engines(
-        self, dev: DeviceId, bindings: Sequence[Binding]
+        self, hd: HidDevice, bindings: Sequence[Binding]
     ) -> tuple[list[Binding], list[Binding], list[str]]:
-        """(kernel-engine bindings, the others, the kernel files' paths) for ``dev``."""
-        kfiles = [f for f in self.config.files_for(dev) if f.engine == "kernel"]
+        """(kernel-engine bindings, the others, the kernel files' paths) for ``hd``."""
+        kfiles = [f for f in self.config.files_for(hd.id, hd.facts) if f.engine == "kernel"]
         kernel = [b for f in kfiles for b in f.bindings]
         kset = set(kernel)
         return kernel, [b for b in bindings if b not in kset], [f.path for f in kfiles]
@@ -48,7 +47,7 @@ class KernelEngines(DaemonState):
         """Attach the in-kernel engine for ``hd``'s kernel-engine files (or log why not);
         returns the bindings left for the userspace path."""
         dev = hd.id
-        kernel, user, kfiles = self._split_engines(dev, bindings)
+        kernel, user, kfiles = self._split_engines(hd, bindings)
         if not kernel:
             return user
         names = ", ".join(Path(f).name for f in kfiles)
@@ -115,7 +114,7 @@ class KernelEngines(DaemonState):
         (and their state), changed ones are re-attached fresh. Returns the userspace
         bindings."""
         key = hd.id.key
-        kernel, user, _ = self._split_engines(hd.id, bindings)
+        kernel, user, _ = self._split_engines(hd, bindings)
         km = self.kernel.get(key)
         if km is not None and km.bindings == kernel and not user:
             return user

@@ -64,7 +64,7 @@ class Reloading(Devices, Observability):
         self.config = merged
         res = ReloadResult(new.errors, [], [], [])
         for key, hd in list(self.present.items()):
-            bindings = self._reload_kernel(hd, merged.bindings_for(hd.id), res)
+            bindings = self._reload_kernel(hd, merged.bindings_for(hd.id, hd.facts), res)
             m = self.managed.get(key)
             if m is None:
                 if bindings:
@@ -82,6 +82,6 @@ class Reloading(Devices, Observability):
             if slot.table != m.table:
                 self.source.set_rules(hd.id.kernel_id, slot.table)
                 m.table = slot.table
-            m.files = [f.path for f in merged.files_for(hd.id)]
+            m.files = [f.path for f in merged.files_for(hd.id, hd.facts)]
             res.changed.append(key)
         return res

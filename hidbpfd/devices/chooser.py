@@ -25,6 +25,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Final
 
 from hidbpfd.devices.descriptor import DescriptorError, parse
 from hidbpfd.devices.sinks import Injector, ReportIO
@@ -32,6 +33,7 @@ from hidbpfd.devices.udev import HidDevice
 from hidbpfd.devices.uhid import UHID_PATH
 from hidbpfd.devices.uhid_mirror import UhidMirror, is_mirror, read_descriptor
 from hidbpfd.kernel.source import BpfEventSource
+from hidbpfd.model import DeviceId
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,45 @@ def _usable(checks: Mapping[str, Mapping[str, object]], key: str, path: str) -> 
     if not os.access(path, os.R_OK | os.W_OK):
         return f"{path} is not readable and writable by uid {os.geteuid()}"
     return ""
+
+
+KERNEL_INJECTOR: Final = "in-kernel"
+
+
+def kernel_injector_reason() -> str:
+    """Why the in-kernel injector would not load on this kernel, from its BTF alone ("" if it
+    would): the test :class:`BpfEventSource` makes before loading it. For ``hidbpfd
+    devices``, which predicts without loading anything."""
+    from hidbpfd.kernel.probe import kernel_btf
+    from hidbpfd.kernel.source import IO_PROGRAMS
+
+    btf = kernel_btf()
+    if not btf.ok:
+        return btf.reason
+    missing = [k for k in IO_PROGRAMS["hidbpfd_io_input"] if k not in btf.funcs]
+    return f"kfunc {', '.join(missing)} not in kernel BTF" if missing else ""
+
+
+def plan(
+    dev: DeviceId,
+    kernel_injector: str,
+    checks: Mapping[str, Mapping[str, object]],
+    *,
+    uhid_path: str = UHID_PATH,
+    uinput_path: str = "/dev/uinput",
+) -> list[tuple[str, str]]:
+    """The injection sinks for ``dev`` in the order they are tried, each with why it cannot be
+    used ("" if it can): ``kernel_injector`` is that reason for the in-kernel injector,
+    ``checks`` the probe's answer. Empty for our own mirrors. Used by the injector factory
+    (which then builds the first usable one, falling through on failure) and by
+    ``hidbpfd devices`` (which names the first usable one)."""
+    if is_mirror(dev):
+        return []
+    return [
+        (KERNEL_INJECTOR, kernel_injector),
+        ("uhid", _usable(checks, "uhid", uhid_path)),
+        ("uinput", _usable(checks, "uinput", uinput_path)),
+    ]
 
 
 def injector_factory(
@@ -124,15 +165,13 @@ def injector_factory(
         except Exception as e:  # a broken probe must not cost the device its management
             log.exception("%s: probing the kernel failed", dev.describe())
             checks = {k: {"ok": False, "reason": f"probe failed: {e}"} for k in ("uhid", "uinput")}
-        options: tuple[tuple[str, str, Callable[[HidDevice], Injector]], ...] = (
-            ("uhid", uhid_path, mirror),
-            ("uinput", uinput_path, uinput),
-        )
-        for key, path, build in options:
-            reason = _usable(checks, key, path)
+        builders: dict[str, Callable[[HidDevice], Injector]] = {"uhid": mirror, "uinput": uinput}
+        options = plan(dev, why[0], checks, uhid_path=uhid_path, uinput_path=uinput_path)
+        for key, unusable in options[1:]:
+            reason = unusable
             if not reason:
                 try:
-                    injector = build(hd)
+                    injector = builders[key](hd)
                 except (OSError, ValueError, DescriptorError) as e:
                     reason = f"{type(e).__name__}: {e}"
                 else:

@@ -281,6 +281,8 @@ class ReportDescriptor:
     fields: tuple[Field, ...]
     numbered: bool
     """Reports start with a report ID byte (the descriptor declares at least one ID)."""
+    applications: tuple[int, ...] = ()
+    """Usages (``page << 16 | id``) of the top-level application collections, in order."""
 
     def report_ids(self, kind: ReportKind = ReportKind.INPUT) -> tuple[int, ...]:
         """The IDs of reports of ``kind`` (``(0,)`` for an unnumbered device that has any)."""
@@ -338,6 +340,7 @@ class _Parser:
     offsets: dict[tuple[ReportKind, int], int] = field(default_factory=dict)
     fields: list[Field] = field(default_factory=list)
     numbered: bool = False
+    applications: list[int] = field(default_factory=list)
 
     def feed(self, item: Item) -> None:
         if item.type is ItemType.MAIN:
@@ -428,6 +431,8 @@ class _Parser:
         tag = item.tag
         if tag == MAIN_COLLECTION:
             usages = self.resolved_usages()
+            if not self.collections and item.unsigned & 0xFF == COLLECTION_APPLICATION:
+                self.applications.append(usages[0] if usages else 0)
             self.collections.append((item.unsigned & 0xFF, usages[0] if usages else 0))
         elif tag == MAIN_END_COLLECTION:
             if not self.collections:
@@ -483,4 +488,4 @@ def parse(descriptor: bytes) -> ReportDescriptor:
         p.feed(item)
     if p.numbered and any(f.report_id == 0 for f in p.fields):
         raise DescriptorError("fields declared both before and after the first report ID")
-    return ReportDescriptor(tuple(p.fields), p.numbered)
+    return ReportDescriptor(tuple(p.fields), p.numbered, tuple(p.applications))

@@ -15,10 +15,11 @@ import asyncio
 import logging
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
-from hidbpfd.model import DeviceId
+from hidbpfd.devices.facts import sysfs_facts
+from hidbpfd.model import DeviceFacts, DeviceId
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +28,13 @@ _HID_SYSNAME: Final = re.compile(r"([0-9A-F]{4}):([0-9A-F]{4}):([0-9A-F]{4})\.([
 
 @dataclass(frozen=True, slots=True)
 class HidDevice:
-    """A HID device as the daemon sees it: who it is, its hidraw node, its sysfs path."""
+    """A HID device as the daemon sees it: who it is, its hidraw node, its sysfs path, and
+    what its descriptor and USB interface say (for the ``[device]`` keys that need them)."""
 
     id: DeviceId
     hidraw: str
     sys_path: str
+    facts: DeviceFacts = field(default_factory=DeviceFacts)
 
 
 def device_id_from(sys_name: str, props: Mapping[str, str]) -> DeviceId:
@@ -151,7 +154,8 @@ class HidWatcher:
         props = {
             k: parent.properties.get(k, "") for k in ("HID_ID", "HID_NAME", "HID_UNIQ", "HID_PHYS")
         }
-        return HidDevice(device_id_from(parent.sys_name, props), node, dev.sys_path)
+        facts = sysfs_facts(parent.sys_path)
+        return HidDevice(device_id_from(parent.sys_name, props), node, dev.sys_path, facts)
 
     def stop(self) -> None:
         """Stop watching; called by the daemon on shutdown."""

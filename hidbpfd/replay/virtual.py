@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hidbpfd.config import Config
+from hidbpfd.devices.facts import descriptor_facts, interface_from_phys
 from hidbpfd.engine.clock import VirtualClock
 from hidbpfd.engine.dispatch import Dispatcher, Outcome, ReplyFn
 from hidbpfd.engine.filter import Filter, Verdict
@@ -139,7 +140,8 @@ def replay(
     ids = {d.index: d.device_id() for d in rec.devices}
     for d in rec.devices:
         dev = ids[d.index]
-        slot = disp.attach(dev, config.bindings_for(dev))
+        facts = descriptor_facts(d.descriptor, interface_from_phys(d.phys, d.bus))
+        slot = disp.attach(dev, config.bindings_for(dev, facts))
         be.set_rules(dev, slot.table)
     yield from _drain(lines)
     for t_ns, d, data in events:

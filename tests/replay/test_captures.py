@@ -20,6 +20,10 @@ CAPTURES = {
     "wakeup-reinit": "50-1209__a002-wakeup-reinit.toml",
     "release-guard": "50-1209__a003-release-guard.toml",
     "pen-flush": "50-256c__006d-pen-flush.toml",
+    # device families (issue 15): real report descriptors, see each capture's comment
+    "artist24-pen-proximity": "60-28bd__093a-artist24-pen-proximity.toml",
+    "receiver-dj-mode": "60-046d__c52b-receiver-dj-mode.toml",
+    "k400-release-guard": "60-046d__404d-k400-release-guard.toml",
 }
 
 

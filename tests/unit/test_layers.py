@@ -14,6 +14,7 @@ PKG = Path(__file__).resolve().parents[2] / "hidbpfd"
 PURE = [
     "model.py",
     "devices/descriptor.py",
+    "devices/facts.py",
     "replay/recording.py",
     "replay/virtual.py",
     *[f"policies/{p.name}" for p in (PKG / "policies").glob("*.py")],
