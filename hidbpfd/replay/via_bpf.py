@@ -47,6 +47,9 @@ class BpfFilterBackend:
         """Install the device's table in the kernel's rule map (armed mask cleared); a map
         the kernel refuses to fill is :class:`BpfUnavailable` (``replay`` says why, exit 1)."""
         try:
+            # A replay starts clean: what an earlier replay left armed on the same kernel id
+            # does not carry over (set_rules itself keeps the armed state, for reloads).
+            self.source.clear_rules(self._kid(device))
             self.source.set_rules(self._kid(device), rules)
         except BpfError as e:
             raise BpfUnavailable(f"{device.describe()}: cannot install its rules: {e}") from e
