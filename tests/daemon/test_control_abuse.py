@@ -79,7 +79,7 @@ class Daemon:
             stdout=subprocess.DEVNULL,
             stderr=self.err,
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # BPF load + start-up on a loaded, emulated machine
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 pytest.skip(f"hidbpfd run could not start here: {self.stderr()[-400:]}")
@@ -88,7 +88,7 @@ class Daemon:
                     return
             time.sleep(0.2)
         self.stop()
-        raise AssertionError(f"hidbpfd run not answering after 60 s: {self.stderr()}")
+        raise AssertionError(f"hidbpfd run not answering after 120 s: {self.stderr()}")
 
     def stderr(self) -> str:
         if not self.err.closed:
