@@ -109,12 +109,14 @@ class Devices(KernelEngines):
                 log.error("%s: in-kernel engine resume trigger: %s", km.hid.id.describe(), e)
 
     def _io_error(self, device: DeviceId, origin: str, what: str) -> None:
+        """A sink's I/O failed: counted and observed always; one ERROR line per trigger of the
+        policy (its retries' and later steps' failures at DEBUG)."""
+        first = self.dispatch.report_error(device, origin, what)
         file = origin.split("#", 1)[0]
-        log.error(
+        (log.error if first else log.debug)(
             "%s: %s: %s",
             device.describe(),
             origin,
             what,
             extra=fields(device, policy=origin, file=file),
         )
-        self.dispatch.report_error(device, origin, what)

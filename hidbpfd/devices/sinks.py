@@ -5,19 +5,27 @@
   enters the *same* device, keeping its identity), else a uhid mirror device. Injection is fast
   and non-blocking, so it runs on the loop.
 - **output / set feature / get feature** go through the device's hidraw node. They can block
-  (a device that does not answer a GET_REPORT), so each runs off the loop with a timeout, in
-  order, by one worker task per device: a slow device never delays another one, and a
-  device's steps never overtake each other.
+  (a device that does not answer a GET_REPORT blocks the ioctl until the kernel gives up, ~5 s
+  for uhid and usbhid), so each runs off the loop, in order, on the device's own thread
+  (:class:`DeviceThread`, never a shared pool), driven by one worker task per device with a
+  timeout: a silent device never delays another one, and a device's steps never
+  overtake each other. The thread ends with its device (:meth:`DeviceIO.close`; a call still
+  in the kernel then ends it when the kernel returns).
 
 A device that vanishes mid-write gives one log line naming the device and the policy; the
-error is counted and the other devices carry on.
+error is counted and the other devices carry on. Which failures are logged at ERROR (one per
+trigger of a policy, not one per retry) is the error callback's choice (the daemon asks the
+dispatch).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import functools
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -78,10 +86,10 @@ class _Op:
 
 
 class DeviceIO:
-    """The sinks of one device, and the worker task that owns its hidraw I/O.
+    """The sinks of one device, and the worker task and thread that own its hidraw I/O.
 
     Created by the daemon when it starts managing a device; :meth:`close` (on removal or
-    shutdown) cancels the worker and closes the nodes.
+    shutdown) cancels the worker, lets the thread go and closes the nodes.
     """
 
     def __init__(
@@ -103,6 +111,7 @@ class DeviceIO:
         self.on_error = on_error
         self.timeout_s = timeout_s
         self._queue: asyncio.Queue[_Op] = asyncio.Queue(QUEUE_MAX)
+        self._thread = DeviceThread(f"hidbpfd-io-{device.key}")
         self._worker = asyncio.get_running_loop().create_task(
             self._run(), name=f"hidbpfd-io-{device.key}"
         )
@@ -145,7 +154,7 @@ class DeviceIO:
     async def _run(self) -> None:
         # Open the node now, off the loop, so the first report is not delayed by it. asyncio.wait
         # and not wait_for: cancelling this task must never wait for a thread stuck in the kernel.
-        opening = _owned(asyncio.get_running_loop().run_in_executor(None, self._ensure_open))
+        opening = _owned(self._thread.call(self._ensure_open))
         opened, _ = await asyncio.wait({opening}, timeout=self.timeout_s)
         if opened and opening.exception() is not None:
             log.debug(
@@ -158,7 +167,7 @@ class DeviceIO:
             if self.gone:
                 self._drop(op)
                 continue
-            fut = _owned(asyncio.get_running_loop().run_in_executor(None, self._do, op))
+            fut = _owned(self._thread.call(functools.partial(self._do, op)))
             start = time.monotonic()
             done, _ = await asyncio.wait({fut}, timeout=self.timeout_s)
             late = ""
@@ -234,8 +243,10 @@ class DeviceIO:
         self.on_error(self.device, origin, f"{what} failed: {why}")
 
     async def close(self) -> None:
-        """Stop the worker, close the nodes; pending operations are dropped. A node the worker
-        is still opening (a thread in the kernel) is closed by that thread when it returns."""
+        """Stop the worker and the thread, close the nodes; pending operations are dropped. A
+        node the worker is still opening (the thread in the kernel) is closed by that thread
+        when it returns; a call still in the kernel ends the thread when the kernel returns
+        (the device is gone by then, or about to be: uhid and usbhid give up within ~5 s)."""
         with self._lock:
             self.closed = True
         self._worker.cancel()
@@ -244,6 +255,7 @@ class DeviceIO:
             log.warning(
                 "%s: I/O worker did not stop within %g s", self.device.describe(), CLOSE_WAIT_S
             )
+        await self._thread.stop(CLOSE_WAIT_S)
         with self._lock:
             rio, self._report_io = self._report_io, None
         for res in (rio, self.injector):
@@ -252,6 +264,81 @@ class DeviceIO:
                     res.close()
                 except OSError as e:
                     log.debug("%s: close: %s", self.device.describe(), e)
+
+
+_Job = tuple[Callable[[], Any], "asyncio.Future[Any]"] | None
+
+
+class DeviceThread:
+    """One device's thread for its blocking calls (hidraw open, write, feature ioctls).
+
+    Owned by a :class:`DeviceIO`; started on the first :meth:`call`, ended by :meth:`stop`. A
+    call stuck in the kernel (a device that never answers a GET_REPORT) holds only this thread:
+    no other device waits for it, as they would for a shared pool's threads. Calls run one at
+    a time, in order. A daemon thread: a call still in the kernel at exit never delays it.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._loop = asyncio.get_running_loop()
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._ended = asyncio.Event()
+        self.busy = 0
+        """Calls submitted and not finished yet (on the loop's count)."""
+
+    def call(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+        """Run ``fn()`` on the thread after the calls before it; the future holds its result."""
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._main, name=self.name, daemon=True)
+            self._thread.start()
+        self.busy += 1
+        fut.add_done_callback(self._finished)
+        self._jobs.put((fn, fut))
+        return fut
+
+    def _finished(self, _: asyncio.Future[Any]) -> None:
+        self.busy -= 1
+
+    def _main(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, fut = job
+            try:
+                result = fn()
+            except BaseException as e:  # handed to the loop, like an executor would
+                self._post(_set_exception, fut, e)
+            else:
+                self._post(_set_result, fut, result)
+        self._post(self._ended.set)
+
+    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    async def stop(self, wait_s: float) -> None:
+        """End the thread after the calls already queued. Waits for it (at most ``wait_s``)
+        unless a call is in the kernel: that one ends the thread when the kernel returns."""
+        if self._thread is None:
+            return
+        self._jobs.put(None)
+        if self.busy:
+            return
+        waiter = self._loop.create_task(self._ended.wait(), name=f"{self.name}-end")
+        try:
+            await asyncio.wait({waiter}, timeout=wait_s)
+        finally:
+            waiter.cancel()
+
+
+def _set_result(fut: asyncio.Future[Any], result: Any) -> None:
+    if not fut.done():
+        fut.set_result(result)
+
+
+def _set_exception(fut: asyncio.Future[Any], e: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(e)
 
 
 def _owned(fut: asyncio.Future[Any]) -> asyncio.Future[Any]:

@@ -131,6 +131,12 @@ class DeviceSlot:
     groups: list[tuple[int, int, int]] = field(default_factory=list)
     """(policy index, offset of its first rule, mask of its rules) per policy, for on_event."""
     counters: Counters = field(default_factory=Counters)
+    triggers: dict[int, int] = field(default_factory=dict)
+    """Per policy uid: how many times it was triggered (a matching report, ``added``,
+    ``resume``); its timers and replies continue the latest trigger's work."""
+    logged: dict[int, int] = field(default_factory=dict)
+    """Per policy uid: the trigger whose first I/O error was logged
+    (:meth:`Dispatcher.report_error`)."""
 
     def set_table(self, bindings: Sequence[Binding]) -> None:
         """The rule table and match groups of ``bindings``."""
@@ -299,7 +305,8 @@ class Dispatcher:
         now = self.scheduler.clock.now_ns()
         if what != "added":
             self._emit(slot, now, what)
-        for i in range(len(slot.bindings)):
+        for i, uid in enumerate(slot.uids):
+            slot.triggers[uid] = slot.triggers.get(uid, 0) + 1
             self._call(slot, i, now, _on_device, (what,))
 
     # --- events, timers, replies ---------------------------------------------------------
@@ -322,9 +329,12 @@ class Dispatcher:
         if not matched:
             return
         c.matched += 1
+        triggers = slot.triggers
         for i, off, mask in slot.groups:
             fired = (matched & mask) >> off
             if fired:
+                uid = slot.uids[i]
+                triggers[uid] = triggers.get(uid, 0) + 1
                 self._call(slot, i, now, _on_event, (event, fired))
 
     def _timer(self, dev_key: str, gen: int, i: int, key: str) -> None:
@@ -429,13 +439,25 @@ class Dispatcher:
         for obs in self.observers:
             obs(o)
 
-    def report_error(self, device: DeviceId, origin: str, what: str) -> None:
-        """A sink's I/O failed: count it and tell the observers. Called by sinks, on the loop."""
+    def report_error(self, device: DeviceId, origin: str, what: str) -> bool:
+        """A sink's I/O failed: count it and tell the observers. Called by the daemon for its
+        sinks, on the loop. True if this is the first error of the current trigger of the
+        policy labelled ``origin`` (or of no known policy): the one worth an ERROR line.
+        Retries (a reinit's verify failing again) and later steps of the same trigger are
+        counted and observed as well, but return False."""
         slot = self.slots.get(device.key)
         if slot is None:
-            return
+            return True
         slot.counters.errors += 1
         self._emit(slot, self.scheduler.clock.now_ns(), "error", policy=origin, detail=what)
+        for b, uid in zip(slot.bindings, slot.uids, strict=True):
+            if b.label == origin:
+                trigger = slot.triggers.get(uid, 0)
+                if slot.logged.get(uid) == trigger:
+                    return False
+                slot.logged[uid] = trigger
+                return True
+        return True
 
     def holds_needed(self, device_key: str) -> bool:
         """True if any rule of the device holds reports."""
