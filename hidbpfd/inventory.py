@@ -141,7 +141,7 @@ def _daemon_view(hid_id: str, status: Mapping[str, Any] | None) -> dict[str, Any
     for d in status.get("devices", []):
         if d.get("hid_id") == hid_id:
             out = {"managed": bool(d.get("managed"))}
-            for k in ("engine", "files", "bpf", "inject_sink", "kernel_refused"):
+            for k in ("engine", "files", "bpf", "inject_sink", "kernel_refused", "refused"):
                 if k in d:
                     out[k] = d[k]
             return out

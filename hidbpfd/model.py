@@ -94,6 +94,9 @@ class DeviceFacts:
     """Every report ID the descriptor declares (input, output or feature)."""
     interface: int | None = None
     """The USB interface number (``bInterfaceNumber``); None off USB."""
+    input_lengths: tuple[tuple[int, int], ...] | None = None
+    """``(report ID, bytes)`` of each input report the descriptor declares, the ID byte
+    included (ID 0: the device numbers no reports); what can be held is checked against it."""
 
 
 class HexError(ValueError):

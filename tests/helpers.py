@@ -55,3 +55,13 @@ def run(
 def norm(expected: Sequence[tuple[float, str, str]]) -> Trace:
     """Expected traces are written with spaced hex; normalise to the trace's form."""
     return [(float(t), k, h.replace(" ", "")) for t, k, h in expected]
+
+
+# A vendor-defined device with a short input report 0x01 (8 bytes, its ID included) and one of
+# 200 bytes, 0x02: longer than the 128 bytes a ring record carries (issue 10, item 4).
+LONG_REPORT_RDESC = bytes.fromhex(
+    "06 00 ff 09 01 a1 01"  # vendor page, application collection
+    " 85 01 09 02 15 00 26 ff 00 75 08 95 07 81 02"  # report 0x01: 7 data bytes
+    " 85 02 09 03 95 c7 81 02"  # report 0x02: 199 data bytes
+    " c0"
+)

@@ -14,6 +14,7 @@ from hidbpfd.devices.sinks import DeviceIO
 from hidbpfd.devices.udev import HidDevice
 from hidbpfd.devices.uhid_mirror import is_mirror
 from hidbpfd.engine.dispatch import Binding, build_table
+from hidbpfd.engine.filter import too_long_to_hold
 from hidbpfd.model import DeviceId
 from hidbpfd.service.logs import fields
 
@@ -35,7 +36,7 @@ class Devices(KernelEngines):
         self._manage(hd, bindings)
 
     def _manage(self, hd: HidDevice, bindings: Sequence[Binding]) -> None:
-        bindings = self._manage_kernel(hd, bindings)
+        bindings = self._refuse_too_long(hd, self._manage_kernel(hd, bindings))
         if not bindings:
             return
         dev = hd.id
@@ -62,10 +63,39 @@ class Devices(KernelEngines):
         )
         self.dispatch.attach(dev, bindings, can_hold=can_hold)
 
+    def _refuse_too_long(self, hd: HidDevice, bindings: Sequence[Binding]) -> list[Binding]:
+        """``bindings`` without the policies that could hold an input report of ``hd`` longer
+        than a ring record carries (its report descriptor says how long they are): each is
+        refused with an ERROR line naming file, policy, device, report and the limit, and
+        listed in ``status``, never run as a silent no-op. Called when the daemon takes a
+        device on and on reload."""
+        keep: list[Binding] = []
+        refused: list[str] = []
+        for b in bindings:
+            long = too_long_to_hold(b.policy.rules(), hd.facts.input_lengths)
+            if not long:
+                keep.append(b)
+                continue
+            why = f"{b.file}: policy[{b.index}] ({b.label}): refused: {long[0].reason()}"
+            refused.append(why)
+            log.error(
+                "%s: %s. %s",
+                hd.id.describe(),
+                why,
+                long[0].hint(),
+                extra=fields(hd.id, policy=b.label, file=b.file),
+            )
+        if refused:
+            self.refused[hd.id.key] = refused
+        else:
+            self.refused.pop(hd.id.key, None)
+        return keep
+
     def _removed(self, hd: HidDevice) -> None:
         self.present.pop(hd.id.key, None)
         self._detach_kernel(hd.id.key)
         self.kernel_refused.pop(hd.id.key, None)
+        self.refused.pop(hd.id.key, None)
         self._let_go(hd.id.key)
 
     def _changed(self, hd: HidDevice) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from hidbpfd.daemon.state import DaemonState, KernelEngineLike, KernelManaged, ReloadResult
 from hidbpfd.devices.udev import HidDevice
 from hidbpfd.engine.dispatch import Binding, Outcome
+from hidbpfd.engine.filter import too_long_to_hold
 from hidbpfd.service.logs import fields
 
 log = logging.getLogger("hidbpfd.daemon")  # the daemon's one logger, whichever part logs
@@ -59,8 +60,10 @@ class KernelEngines(DaemonState):
                 'device runs one engine. Try engine = "kernel" in those too, or "userspace" here'
             )
         else:
-            engine = self._kernel_engine()
-            reason = self.engine_error if engine is None else engine.supports(kernel)
+            reason = _too_long(hd, kernel)
+            if not reason:
+                engine = self._kernel_engine()
+                reason = self.engine_error if engine is None else engine.supports(kernel)
         attach = ""
         if not reason:
             assert self.engine is not None
@@ -137,3 +140,14 @@ class KernelEngines(DaemonState):
         """A record of the in-kernel engine, to the dispatch's observers (``monitor``)."""
         for obs in self.dispatch.observers:
             obs(o)
+
+
+def _too_long(hd: HidDevice, bindings: Sequence[Binding]) -> str | None:
+    """Why the in-kernel engine cannot run ``bindings`` on ``hd`` because a policy could hold
+    an input report longer than the engine keeps (its report descriptor says how long they
+    are), or None."""
+    for b in bindings:
+        long = too_long_to_hold(b.policy.rules(), hd.facts.input_lengths)
+        if long:
+            return f"{b.file}: policy[{b.index}] ({b.label}): {long[0].reason()}. {long[0].hint()}"
+    return None

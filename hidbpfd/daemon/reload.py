@@ -69,8 +69,10 @@ class Reloading(Devices, Observability):
             if m is None:
                 if bindings:
                     self._manage(hd, bindings)
-                    res.added.append(key)
+                    if key in self.managed:
+                        res.added.append(key)
                 continue
+            bindings = self._refuse_too_long(hd, bindings)
             if not bindings:
                 self._let_go(key)
                 res.removed.append(key)

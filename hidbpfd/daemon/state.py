@@ -141,6 +141,7 @@ class DaemonState:
     engine_error: str
     kernel: dict[str, KernelManaged]
     kernel_refused: dict[str, str]
+    refused: dict[str, list[str]]
     # set by run (start-up)
     loop: asyncio.AbstractEventLoop
     driver: TimerfdDriver

@@ -96,6 +96,8 @@ class Observability(DaemonState):
                 "managed": key in self.managed,
             }
             self._kernel_status(key, entry)
+            if key in self.refused:
+                entry["refused"] = self.refused[key]
             m = self.managed.get(key)
             slot = self.dispatch.slots.get(key)
             if m is not None and slot is not None:

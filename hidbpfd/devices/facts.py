@@ -1,7 +1,8 @@
 """What ``[device]`` matching needs to know of a device beyond its identity
 (:class:`~hidbpfd.model.DeviceFacts`): from its report descriptor and from sysfs.
 
-- :func:`descriptor_facts`: top-level application collections and report IDs of a descriptor;
+- :func:`descriptor_facts`: top-level application collections, report IDs and input report
+  lengths of a descriptor;
 - :func:`usb_interface`: the USB interface number above a HID device in sysfs — the
   ``bInterfaceNumber`` of the first ancestor that has one (usbhid's device sits right under
   its interface; a receiver's paired devices one level further down). uhid devices
@@ -21,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Final
 
-from hidbpfd.devices.descriptor import DescriptorError, parse
+from hidbpfd.devices.descriptor import DescriptorError, ReportKind, parse
 from hidbpfd.model import Bus, DeviceFacts
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,8 @@ def descriptor_facts(descriptor: bytes, interface: int | None = None) -> DeviceF
         log.debug("report descriptor not understood (%s): descriptor keys will not match", e)
         return DeviceFacts(interface=interface)
     ids = frozenset(f.report_id for f in rd.fields if f.report_id)
-    return DeviceFacts(rd.applications, ids, interface)
+    lengths = tuple((rid, rd.report_length(rid)) for rid in rd.report_ids(ReportKind.INPUT))
+    return DeviceFacts(rd.applications, ids, interface, lengths)
 
 
 def usb_interface(hid_sys_path: str | Path, sys_root: Path = Path("/sys")) -> int | None:

@@ -78,6 +78,58 @@ def check_table(rules: Sequence[DeviceRule]) -> None:
             raise RuleTableError(f"arm group {r.group} out of range 0..{RULES_MAX - 1}")
 
 
+@dataclass(frozen=True, slots=True)
+class TooLong:
+    """A HOLD rule that can match an input report longer than a record carries: the filter
+    would let that report pass unheld (and the policy could not re-inject it whole)."""
+
+    report_id: int
+    length: int
+    rule: Rule
+
+    def reason(self) -> str:
+        """Why the policy is refused, for its log line (the caller names file, policy, device)."""
+        which = f"input report {self.report_id:#04x}" if self.report_id else "its input report"
+        return (
+            f"it holds reports matching {self.rule.pattern} and can match {which} of "
+            f"{self.length} bytes (the device's report descriptor), longer than the "
+            f"{RECORD_DATA_MAX} bytes hidbpfd can hold and re-inject (a ring record's data): "
+            "that report would pass unheld, the policy silently not applied"
+        )
+
+    def hint(self) -> str:
+        """What to do about it."""
+        if self.report_id:
+            return f"Try a match whose first byte is another report ID than {self.report_id:#04x}"
+        return "This device's reports cannot be held; use a policy that does not hold them"
+
+
+def too_long_to_hold(
+    rules: Sequence[Rule], input_lengths: Sequence[tuple[int, int]] | None
+) -> list[TooLong]:
+    """The input reports of a device (``(report ID, bytes)``, from its report descriptor;
+    :attr:`hidbpfd.model.DeviceFacts.input_lengths`) longer than :data:`RECORD_DATA_MAX` that
+    a HOLD rule of ``rules`` can match: at least as long as the pattern, and, for a numbered
+    report, its ID agreeing with the pattern's first byte where that is not a wildcard.
+
+    Called by the daemon when it loads a device's policies (both engines): a policy with such
+    a rule is refused with the reason, never run as a silent no-op. Empty when the lengths are
+    unknown (no descriptor to go by)."""
+    out: list[TooLong] = []
+    for rid, length in input_lengths or ():
+        if length <= RECORD_DATA_MAX:
+            continue
+        for r in rules:
+            p = r.pattern
+            if not r.flags & RuleFlag.HOLD or len(p.data) > length:
+                continue
+            if rid and p.data and (rid & p.mask[0]) != (p.data[0] & p.mask[0]):
+                continue
+            out.append(TooLong(rid, length, r))
+            break
+    return out
+
+
 class Filter:
     """The filter state of one device: its rule table, armed mask and arm deadlines.
 

@@ -30,6 +30,7 @@ from hidbpfd.kernel import libbpf as lb
 from hidbpfd.kernel import probe as probe_mod
 from hidbpfd.kernel.bpf import MAIN_OBJECT, OPS_OBJECT
 from hidbpfd.model import PATTERN_MAX, RULES_MAX, DeviceRule
+from hidbpfd.policies.params import INJECT_MAX
 
 log = logging.getLogger("hidbpfd.kernel.bpf")
 
@@ -44,6 +45,7 @@ VERDICT_HOLD: Final = 2
 VERDICT_DROPPED: Final = 3
 
 IO_DATA_MAX: Final = 512  # HIDBPFD_IO_DATA_MAX
+assert IO_DATA_MAX == INJECT_MAX  # check refuses an inject the injector cannot carry
 
 # struct hidbpfd_record {
 # 	__u64 ts_ns; __u64 matched; __u32 hid_id; __u16 flags; __u16 len;

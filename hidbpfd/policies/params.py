@@ -17,6 +17,13 @@ from hidbpfd.model import HexError, Pattern, parse_hex
 
 NS_PER_MS: Final = 1_000_000
 MAX_DELAY_MS: Final = 3_600_000
+INJECT_MAX: Final = 512
+"""Bytes one injected report can have: what the in-kernel injector carries
+(``HIDBPFD_IO_DATA_MAX``, ``kernel/source.py``'s ``IO_DATA_MAX``; the uhid mirror takes more,
+but which injector a device gets depends on its kernel). ``check`` names it."""
+SEND_MAX: Final = 4096
+"""Bytes one output or feature report (and a verify read) can have: uhid's ``UHID_DATA_MAX``,
+the most a uhid device takes through hidraw (hidraw itself takes up to 16384)."""
 
 
 class Kind(enum.Enum):
@@ -124,6 +131,16 @@ def _report(path: str, v: object) -> bytes:
     return data
 
 
+def _sized(path: str, data: bytes, limit: int, what: str = "a report sent to the device") -> bytes:
+    if len(data) > limit:
+        raise ParamError(
+            path,
+            f"report of {len(data)} bytes; {what} can have at most {limit} bytes",
+            f"Shorten it to {limit} bytes or fewer (docs/limits.md)",
+        )
+    return data
+
+
 def _pattern(path: str, v: object) -> Pattern:
     if not isinstance(v, str):
         raise ParamError(path, f"expected a hex pattern, got {v!r}", 'Write e.g. "02 00 ?? ??"')
@@ -155,7 +172,7 @@ def _inject_steps(path: str, v: object) -> tuple[InjectStep, ...]:
                 raise ParamError(p, "a table step needs wait_ms", "Write {wait_ms = 5}")
             out.append(Wait(_duration(f"{p}.wait_ms", step["wait_ms"])))
         else:
-            out.append(_report(p, step))
+            out.append(_sized(p, _report(p, step), INJECT_MAX, "an injected report"))
     if not any(isinstance(s, bytes) for s in out):
         raise ParamError(path, "no report to inject, only waits", "Add at least one report")
     return tuple(out)
@@ -175,9 +192,9 @@ def _send_steps(path: str, v: object) -> tuple[SendStep, ...]:
         if k == "wait_ms":
             out.append(Wait(_duration(f"{p}.wait_ms", val)))
         elif k == "output":
-            out.append(Output(_report(f"{p}.output", val)))
+            out.append(Output(_sized(f"{p}.output", _report(f"{p}.output", val), SEND_MAX)))
         else:
-            out.append(Feature(_report(f"{p}.feature", val)))
+            out.append(Feature(_sized(f"{p}.feature", _report(f"{p}.feature", val), SEND_MAX)))
     if all(isinstance(s, Wait) for s in out):
         raise ParamError(path, "no report to send, only waits", "Add an output or feature step")
     return tuple(out)
@@ -195,8 +212,8 @@ def _verify(path: str, v: object) -> Verify:
         raise ParamError(f"{path}.report_id", f"report_id {rid!r} is not a byte", "Use 0..255")
     expect = _pattern(f"{path}.expect", v["expect"])
     length = v.get("length", len(expect.data))
-    if not _is_int(length) or not 1 <= length <= 4096:
-        raise ParamError(f"{path}.length", f"length {length!r} out of range", "Use 1..4096")
+    if not _is_int(length) or not 1 <= length <= SEND_MAX:
+        raise ParamError(f"{path}.length", f"length {length!r} out of range", f"Use 1..{SEND_MAX}")
     return Verify(rid, length, expect)
 
 

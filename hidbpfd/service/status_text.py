@@ -9,15 +9,16 @@ _PCTS = ("p50_us", "p90_us", "p99_us", "max_us")
 
 def _device_lines(d: dict[str, Any]) -> list[str]:
     head = f"  {d['hid_id']} {d['name']!r} ({d['bus']} {d['vendor']}:{d['product']}, {d['hidraw']})"
+    refused = [f"      REFUSED {r}" for r in d.get("refused", [])]
     if not d.get("managed"):
-        return [head + ": no policy"]
+        return [head + (": every policy refused" if refused else ": no policy"), *refused]
     hold = "yes" if d["can_hold"] else "no"
     out = [
         head,
         f"      BPF: {d['bpf']} (can hold: {hold}); inject: {d['inject_sink']}; "
         f"pending work: {d['pending']}",
     ]
-    out += [f"      policy {p}" for p in d.get("policies", [])]
+    out += [f"      policy {p}" for p in d.get("policies", [])] + refused
     out.append("      " + ", ".join(f"{k} {v}" for k, v in d.get("counters", {}).items()))
     return out
 

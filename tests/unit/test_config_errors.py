@@ -110,6 +110,32 @@ CASES: dict[str, tuple[str, list[tuple[int, str, str]]]] = {
         [(8, "policy[0].retries", "integer in 0..100")],
     ),
     "too many rules": (DEV + GOOD_POLICY * 17, [(3, "policy", "32")]),
+    # issue 10, item 4: check names the sinks' limits (a 600-byte inject used to pass check
+    # and fail at run time with "report must be 1..512 bytes")
+    "inject over the injector's limit": (
+        DEV + "[[policy]]\ntype = 'inject'\nmatch = '01'\nreports = ['01', '" + "00" * 600 + "']\n",
+        [(6, "policy[0].reports[1]", "600 bytes; an injected report can have at most 512")],
+    ),
+    "output over the limit": (
+        DEV
+        + "[[policy]]\ntype = 'reinit'\nmatch = '01'\nsend = [{output = '"
+        + "00" * 4097
+        + "'}]\n",
+        [
+            (
+                6,
+                "policy[0].send[0].output",
+                "4097 bytes; a report sent to the device can have at most 4096",
+            )
+        ],
+    ),
+    "feature over the limit": (
+        DEV
+        + "[[policy]]\ntype = 'reinit'\nmatch = '01'\nsend = [{feature = '"
+        + "00" * 4097
+        + "'}]\n",
+        [(6, "policy[0].send[0].feature", "at most 4096 bytes")],
+    ),
     "several errors at once": (
         "[device]\nvendor = 0x12345\n[[policy]]\ntype = 'defer'\nmatch = 'zz'\ndelay_ms = -1\n",
         [
@@ -216,3 +242,20 @@ def test_check_names_what_the_kernel_engine_would_refuse(
     err = capsys.readouterr().err
     assert f"{too_many}:2: engine: the kernel cannot run: 9 policies for one device" in err
     assert "1 error(s) in 1 file(s); 1 file(s) valid" in err
+
+
+def test_report_limits_are_inclusive(tmp_path: Path) -> None:
+    """A report of exactly the limit loads (the limits are what the sinks carry)."""
+    p = tmp_path / "50-1234__5678-test.toml"
+    p.write_text(
+        DEV
+        + "[[policy]]\ntype = 'inject'\nmatch = '01'\nreports = ['"
+        + "00" * 512
+        + "']\n[[policy]]\ntype = 'reinit'\nmatch = '02'\nsend = [{output = '"
+        + "00" * 4096
+        + "'}, {feature = '"
+        + "00" * 4096
+        + "'}]\n"
+    )
+    cfg = load([p])
+    assert cfg.errors == [] and len(cfg.files) == 1

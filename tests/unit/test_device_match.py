@@ -93,7 +93,12 @@ def test_usb_interface_from_the_sysfs_parent(tmp_path: Path) -> None:
     assert usb_interface(links / "0003:28BD:093A.0002", sys) == 1
     assert usb_interface(links / "0005:046D:404D.0003", sys) is None
     facts = sysfs_facts(links / "0003:28BD:093A.0002", sys)
-    assert facts == DeviceFacts((0x000D0002,), frozenset({7}), 1)
+    assert (facts.applications, facts.report_ids, facts.interface) == (
+        (0x000D0002,),
+        frozenset({7}),
+        1,
+    )
+    assert facts.input_lengths is not None and [i for i, _ in facts.input_lengths] == [7]
     bt = sysfs_facts(links / "0005:046D:404D.0003", sys)
     assert bt.interface is None and bt.report_ids == frozenset({1, 3, 0x0E})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from hidbpfd.devices.facts import descriptor_facts
 from hidbpfd.engine.filter import (
     ARM_US_MAX,
     RECORD_DATA_MAX,
@@ -11,8 +12,10 @@ from hidbpfd.engine.filter import (
     RuleTableError,
     Verdict,
     arm_us,
+    too_long_to_hold,
 )
 from hidbpfd.model import ANY_REPORT, DeviceRule, Pattern, Rule, RuleFlag
+from tests.helpers import LONG_REPORT_RDESC
 
 H, A, W = RuleFlag.HOLD, RuleFlag.ARM, RuleFlag.WHEN_ARMED
 N = RuleFlag.NONE
@@ -122,3 +125,29 @@ def test_arm_us_rounds_up_and_saturates() -> None:
     assert arm_us(Rule(ANY_REPORT, A, arm_ns=0)) == 1  # expires at once (0 would be never)
     assert arm_us(Rule(ANY_REPORT, A, arm_ns=1_001)) == 2
     assert arm_us(Rule(ANY_REPORT, A, arm_ns=2**60)) == ARM_US_MAX
+
+
+def test_a_hold_rule_that_can_match_a_report_too_long_to_hold() -> None:
+    """Issue 10, item 4: which HOLD rules could meet a report longer than a record (the
+    daemon refuses their policies on that device, both engines)."""
+    lengths = descriptor_facts(LONG_REPORT_RDESC).input_lengths
+    assert lengths == ((1, 8), (2, 200))
+
+    def hits(text: str, flags: RuleFlag = RuleFlag.HOLD) -> list[tuple[int, int]]:
+        rule = Rule(Pattern.parse(text) if text else ANY_REPORT, flags)
+        return [(t.report_id, t.length) for t in too_long_to_hold([rule], lengths)]
+
+    assert hits("02 00") == [(2, 200)]
+    assert hits("?? 00") == [(2, 200)]  # a wildcard ID matches every report
+    assert hits("") == [(2, 200)]  # an empty pattern matches every report
+    assert hits("01 00") == []  # report 1 is short
+    assert hits("02 00", RuleFlag.NONE) == []  # not held: 128 bytes are enough to be told
+    assert hits("02 00", RuleFlag.HOLD | RuleFlag.ARM) == [(2, 200)]
+    assert too_long_to_hold([Rule(Pattern.parse("02"), RuleFlag.HOLD)], None) == []
+    # an unnumbered device: every pattern short enough can match its one report
+    assert [
+        t.report_id
+        for t in too_long_to_hold([Rule(Pattern.parse("05"), RuleFlag.HOLD)], ((0, 300),))
+    ] == [0]
+    reason = too_long_to_hold([Rule(Pattern.parse("02 00"), RuleFlag.HOLD)], lengths)[0].reason()
+    assert "input report 0x02 of 200 bytes" in reason and "128 bytes" in reason
