@@ -13,8 +13,7 @@ from hidbpfd.daemon.state import Managed
 from hidbpfd.devices.sinks import DeviceIO
 from hidbpfd.devices.udev import HidDevice
 from hidbpfd.devices.uhid_mirror import is_mirror
-from hidbpfd.engine.dispatch import Binding, build_table
-from hidbpfd.engine.filter import too_long_to_hold
+from hidbpfd.engine.dispatch import Binding, build_table, refusal, split_too_long
 from hidbpfd.model import DeviceId
 from hidbpfd.service.logs import fields
 
@@ -69,24 +68,16 @@ class Devices(KernelEngines):
         refused with an ERROR line naming file, policy, device, report and the limit, and
         listed in ``status``, never run as a silent no-op. Called when the daemon takes a
         device on and on reload."""
-        keep: list[Binding] = []
-        refused: list[str] = []
-        for b in bindings:
-            long = too_long_to_hold(b.policy.rules(), hd.facts.input_lengths)
-            if not long:
-                keep.append(b)
-                continue
-            why = f"{b.file}: policy[{b.index}] ({b.label}): refused: {long[0].reason()}"
-            refused.append(why)
+        keep, refused = split_too_long(bindings, hd.facts.input_lengths)
+        for b, long in refused:
             log.error(
-                "%s: %s. %s",
+                "%s: %s",
                 hd.id.describe(),
-                why,
-                long[0].hint(),
+                refusal(b, long),
                 extra=fields(hd.id, policy=b.label, file=b.file),
             )
         if refused:
-            self.refused[hd.id.key] = refused
+            self.refused[hd.id.key] = [refusal(b, long) for b, long in refused]
         else:
             self.refused.pop(hd.id.key, None)
         return keep

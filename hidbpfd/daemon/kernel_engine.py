@@ -10,8 +10,7 @@ from pathlib import Path
 
 from hidbpfd.daemon.state import DaemonState, KernelEngineLike, KernelManaged, ReloadResult
 from hidbpfd.devices.udev import HidDevice
-from hidbpfd.engine.dispatch import Binding, Outcome
-from hidbpfd.engine.filter import too_long_to_hold
+from hidbpfd.engine.dispatch import Binding, Outcome, refusal, split_too_long
 from hidbpfd.service.logs import fields
 
 log = logging.getLogger("hidbpfd.daemon")  # the daemon's one logger, whichever part logs
@@ -146,8 +145,5 @@ def _too_long(hd: HidDevice, bindings: Sequence[Binding]) -> str | None:
     """Why the in-kernel engine cannot run ``bindings`` on ``hd`` because a policy could hold
     an input report longer than the engine keeps (its report descriptor says how long they
     are), or None."""
-    for b in bindings:
-        long = too_long_to_hold(b.policy.rules(), hd.facts.input_lengths)
-        if long:
-            return f"{b.file}: policy[{b.index}] ({b.label}): {long[0].reason()}. {long[0].hint()}"
-    return None
+    _, refused = split_too_long(bindings, hd.facts.input_lengths)
+    return refusal(*refused[0]) if refused else None

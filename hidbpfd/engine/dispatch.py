@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from hidbpfd.engine.filter import TooLong, too_long_to_hold
 from hidbpfd.engine.scheduler import Scheduler
 from hidbpfd.model import (
     Action,
@@ -156,6 +157,30 @@ def build_table(bindings: Sequence[Binding]) -> tuple[tuple[DeviceRule, ...], li
         masks.append(((1 << len(rules)) - 1) << len(table))
         table.extend(DeviceRule(r, group) for r in rules)
     return tuple(table), offsets, masks
+
+
+def split_too_long(
+    bindings: Sequence[Binding], input_lengths: Sequence[tuple[int, int]] | None
+) -> tuple[list[Binding], list[tuple[Binding, TooLong]]]:
+    """``bindings`` that can run on a device with these input report lengths, and those that
+    cannot, each with its first :class:`~hidbpfd.engine.filter.TooLong` (a HOLD rule that can
+    match a report too long to hold). Called wherever policies are loaded for a device (the
+    daemon, both engines; the virtual replay), which refuse the latter with the reason."""
+    keep: list[Binding] = []
+    refused: list[tuple[Binding, TooLong]] = []
+    for b in bindings:
+        long = too_long_to_hold(b.policy.rules(), input_lengths)
+        if long:
+            refused.append((b, long[0]))
+        else:
+            keep.append(b)
+    return keep, refused
+
+
+def refusal(b: Binding, long: TooLong) -> str:
+    """The reason a policy is refused on a device, naming file and policy (the caller adds the
+    device)."""
+    return f"{b.file}: policy[{b.index}] ({b.label}): refused: {long.reason()}. {long.hint()}"
 
 
 class EventRecord(Protocol):

@@ -16,6 +16,7 @@ default, the real BPF filter with ``--via-bpf``.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -23,11 +24,13 @@ from typing import Any, Protocol
 from hidbpfd.config import Config
 from hidbpfd.devices.facts import descriptor_facts, interface_from_phys
 from hidbpfd.engine.clock import VirtualClock
-from hidbpfd.engine.dispatch import Dispatcher, Outcome, ReplyFn
+from hidbpfd.engine.dispatch import Dispatcher, Outcome, ReplyFn, refusal, split_too_long
 from hidbpfd.engine.filter import Filter, Verdict
 from hidbpfd.engine.scheduler import Scheduler
 from hidbpfd.model import DeviceId, DeviceRule, InputEvent
 from hidbpfd.replay.recording import Recording
+
+log = logging.getLogger(__name__)
 
 TRACE_KINDS = frozenset({"pass", "inject", "output", "feature"})
 _SETTLE_LIMIT = 1_000_000
@@ -141,7 +144,10 @@ def replay(
     for d in rec.devices:
         dev = ids[d.index]
         facts = descriptor_facts(d.descriptor, interface_from_phys(d.phys, d.bus))
-        slot = disp.attach(dev, config.bindings_for(dev, facts))
+        bindings, refused = split_too_long(config.bindings_for(dev, facts), facts.input_lengths)
+        for b, long in refused:  # as the daemon does: never a silent no-op
+            log.error("%s: %s", dev.describe(), refusal(b, long))
+        slot = disp.attach(dev, bindings)
         be.set_rules(dev, slot.table)
     yield from _drain(lines)
     for t_ns, d, data in events:
