@@ -30,7 +30,7 @@ class Kind(enum.Enum):
     """How a TOML value is read."""
 
     PATTERN = "pattern"  # "02 00 ?? ??" -> Pattern
-    REPORT = "report"  # "01 00 06 00" -> bytes, no wildcards
+    REPORT = "report"  # "01 00 06 00" -> bytes to inject, no wildcards, at most INJECT_MAX
     DURATION_MS = "duration_ms"  # number of ms >= 0 -> int ns
     BOOL = "bool"
     INT = "int"
@@ -223,8 +223,8 @@ def convert(param: Param, v: object) -> Any:
     match param.kind:
         case Kind.PATTERN:
             return _pattern(path, v)
-        case Kind.REPORT:
-            return _report(path, v)
+        case Kind.REPORT:  # a report to inject (release-guard's release)
+            return _sized(path, _report(path, v), INJECT_MAX, "an injected report")
         case Kind.DURATION_MS:
             return _duration(path, v)
         case Kind.BOOL:

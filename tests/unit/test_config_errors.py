@@ -116,6 +116,13 @@ CASES: dict[str, tuple[str, list[tuple[int, str, str]]]] = {
         DEV + "[[policy]]\ntype = 'inject'\nmatch = '01'\nreports = ['01', '" + "00" * 600 + "']\n",
         [(6, "policy[0].reports[1]", "600 bytes; an injected report can have at most 512")],
     ),
+    "release over the injector's limit": (
+        DEV
+        + "[[policy]]\ntype = 'release-guard'\nmatch = '01 05'\ntimeout_ms = 5\nrelease = '"
+        + "00" * 513
+        + "'\n",
+        [(7, "policy[0].release", "513 bytes; an injected report can have at most 512")],
+    ),
     "output over the limit": (
         DEV
         + "[[policy]]\ntype = 'reinit'\nmatch = '01'\nsend = [{output = '"
