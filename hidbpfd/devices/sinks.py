@@ -42,6 +42,7 @@ IO_TIMEOUT_S = 1.0
 STUCK_S = 10.0
 CLOSE_WAIT_S = 2.0
 QUEUE_MAX = 256
+JOIN_S = 0.05
 
 
 class Injector(Protocol):
@@ -329,6 +330,10 @@ class DeviceThread:
             await asyncio.wait({waiter}, timeout=wait_s)
         finally:
             waiter.cancel()
+        if self._ended.is_set():
+            # it told us on its way out: let it finish leaving (its last statement; bounded),
+            # so a caller counting threads after close() sees it gone
+            self._thread.join(JOIN_S)
 
 
 def _set_result(fut: asyncio.Future[Any], result: Any) -> None:
