@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -95,14 +96,18 @@ def test_silent_devices_do_not_stall_a_healthy_one(
             silent = list(
                 await asyncio.gather(
                     *(
-                        live.add(rec, get_report=lambda ev: None, on_event=counter(i))
+                        live.add(
+                            replace(rec, phys=f"hidbpfd-silent/{i}"),
+                            get_report=lambda ev: None,
+                            on_event=counter(i),
+                        )
                         for i in range(SILENT)
                     )
                 )
             )
             await until(lambda: all(asked), "every silent device asked for its feature report")
 
-            healthy = await live.add(rec)
+            healthy = await live.add(replace(rec, phys="hidbpfd-silent/healthy"))
             for n in range(4):  # "added", then three wake-up reports
                 if n:
                     live.send(healthy, WAKE_UP)
