@@ -15,6 +15,7 @@ import pytest
 from hidbpfd.devices.facts import descriptor_facts
 from hidbpfd.devices.udev import HidDevice
 from hidbpfd.model import DeviceId
+from hidbpfd.service.status_text import render_status
 from tests.daemon.harness import running, until
 from tests.helpers import LONG_REPORT_RDESC
 
@@ -72,6 +73,8 @@ def test_a_policy_that_could_hold_a_long_report_is_refused(
             st = r.d.status()
             (entry,) = [e for e in st["devices"] if e["hid_id"] == USER.key]
             assert len(entry["refused"]) == 1 and "hold-long" in entry["refused"][0]
+            text = render_status(st)
+            assert "REFUSED /" in text and "policy 50-1234__5678-long.toml#1 short-macro" in text
             r.feed(USER, bytes.fromhex("0168") + bytes(6))
             await until(lambda: r.got(USER.key, "inject") == [bytes.fromhex("0104")], "macro")
 
