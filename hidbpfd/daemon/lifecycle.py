@@ -96,9 +96,9 @@ class Daemon(Reloading):
         self.kernel: dict[str, KernelManaged] = {}
         """Devices served by the in-kernel engine, by hid id."""
         self.kernel_refused: dict[str, str] = {}
+        """Devices whose kernel-engine files were refused, and why."""
         self.refused: dict[str, list[str]] = {}
         """Per device: the userspace policies refused for it (why), for ``status``."""
-        """Devices whose kernel-engine files were refused, and why."""
 
     # --- lifecycle -----------------------------------------------------------------------
 
