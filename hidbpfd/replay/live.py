@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from hidbpfd.daemon import Daemon
+from hidbpfd.devices.descriptor import PAGE_LED, DescriptorError, ReportKind, parse
 from hidbpfd.devices.hidraw import HidrawReader
 from hidbpfd.devices.uhid import (
     UHID_FEATURE_REPORT,
@@ -71,6 +72,30 @@ class LiveDevice:
     reader: HidrawReader | None = None
     unaccounted: deque[bytes] = field(default_factory=deque)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    led_ids: frozenset[int] = frozenset()
+    """Output reports made only of LED usages: the kernel writes these itself (the LED class
+    devices that input-leds registers for every keyboard sync their state when udev sets them
+    up, at a time no one controls). They are kept apart (:attr:`LiveSession.leds`), not in the
+    trace."""
+
+
+def led_report_ids(descriptor: bytes) -> frozenset[int]:
+    """IDs of the output reports whose every non-constant field is on the LED page (0x08); -1
+    stands for the one unnumbered output report."""
+    try:
+        desc = parse(descriptor)
+    except DescriptorError:
+        return frozenset()
+    if not desc.numbered:
+        data = [f for f in desc.fields if f.kind is ReportKind.OUTPUT and not f.constant]
+        leds = data and all(u >> 16 == PAGE_LED for f in data for u in f.usages)
+        return frozenset({-1}) if leds else frozenset()
+    ids = set()
+    for rid in desc.report_ids(ReportKind.OUTPUT):
+        data = [f for f in desc.fields_of(rid, ReportKind.OUTPUT) if not f.constant]
+        if data and all(u >> 16 == PAGE_LED for f in data for u in f.usages):
+            ids.add(rid)
+    return frozenset(ids)
 
 
 class LiveSession:
@@ -90,6 +115,8 @@ class LiveSession:
         self.attached: dict[str, int] = {}  # hid id -> when the daemon took it on
         self.outcomes: list[Outcome] = []
         self.t0 = 0
+        self.leds: list[tuple[int, bytes, str]] = []
+        """(monotonic ns, report, hid id): the kernel's own LED state reports (not traced)."""
         self.sent: list[tuple[int, int, bytes]] = []
         """(monotonic ns, capture device index, report) of every report actually sent."""
         self.daemon: Daemon = build_daemon(
@@ -132,7 +159,7 @@ class LiveSession:
     async def add(self, rec: RecordedDevice, **uhid_kwargs: Any) -> LiveDevice:
         """Create the uhid device for ``rec`` (``uhid_kwargs`` go to :class:`UhidDevice`), open
         its hidraw node, and wait until the daemon has taken it on (or found no policy)."""
-        dev = LiveDevice(rec, UhidDevice(**uhid_kwargs))
+        dev = LiveDevice(rec, UhidDevice(**uhid_kwargs), led_ids=led_report_ids(rec.descriptor))
         dev.uhid.create(
             rec.name or f"hidbpfd replay {rec.index}",
             rec.descriptor,
@@ -238,6 +265,10 @@ class LiveSession:
     def _rel(self, t_ns: int) -> float:
         return round((t_ns - self.t0) / 1e9, 6)
 
+    @staticmethod
+    def _led(dev: LiveDevice, report: bytes) -> bool:
+        return (-1 in dev.led_ids) or report[0] in dev.led_ids
+
     def _add(self, t_ns: int, kind: str, data: bytes, dev: LiveDevice) -> None:
         self.lines.append((t_ns, kind, data, dev.hid_id))
 
@@ -265,7 +296,9 @@ class LiveSession:
     async def _device_side(self, dev: LiveDevice) -> None:
         while True:
             ev: UhidEvent = await dev.uhid.next_event(timeout_s=1e9)
-            if ev.type == UHID_OUTPUT:
+            if ev.type == UHID_OUTPUT and ev.data and self._led(dev, ev.data):
+                self.leds.append((ev.received_ns, ev.data, dev.hid_id))
+            elif ev.type == UHID_OUTPUT:
                 self._add(ev.received_ns, "output", ev.data, dev)
             elif ev.type == UHID_SET_REPORT and ev.report_type == UHID_FEATURE_REPORT:
                 self._add(ev.received_ns, "feature", ev.data, dev)

@@ -55,8 +55,11 @@ def test_real_trace_equals_virtual(name: str, uhid_available: None) -> None:
     cfg_paths = [str(ROOT / "config")]
     virtual = list(replay(rec, load(cfg_paths)))
     real, as_sent = asyncio.run(observe(rec, cfg_paths))
-    same, _ = compare(virtual, real)
-    assert not [p for p in same if " at " not in p], "kinds/data differ:\n" + "\n".join(same)
+    # The reference is the virtual replay of the reports as really sent: under emulation a
+    # 3 ms gap can stretch past a 20 ms deferral, which changes the right answer (the capture's
+    # trace under the ideal timing is checked in tests/replay).
+    if moved := [p for p in compare(virtual, as_sent)[0] if " at " not in p]:
+        print(f"{name}: the sending times changed the expected trace: {moved}")
     problems, worst = compare(as_sent, real)
     print(f"{name}: {len(real)} lines, largest time difference {worst * 1000:.1f} ms")
     assert not problems, "\n".join(problems) + "\nobserved:\n" + "\n".join(x.json() for x in real)
