@@ -241,3 +241,13 @@ class ProgramInstance:
             self._obj.close()
             self._obj = None
         self._state_fd = self._keys_fd = self._passing_fd = -1
+
+
+def check_object(path: str) -> str | None:
+    """For the config loader (``[[program]]``): None if ``path`` is a usable object, else
+    what is wrong with it."""
+    try:
+        inspect_object(path)
+    except ObjectError as e:
+        return str(e)
+    return None
