@@ -405,7 +405,7 @@ def _programs(
                 err(
                     f"{base}.{k}",
                     f"unknown key {k!r} for a [[program]]",
-                    f"Use object = \"PATH.bpf.o\"{_did_you_mean(k, PROGRAM_KEYS)}",
+                    f'Use object = "PATH.bpf.o"{_did_you_mean(k, PROGRAM_KEYS)}',
                 )
                 bad = True
         obj = table.get("object")
@@ -413,7 +413,11 @@ def _programs(
             err(base, "missing 'object' (the BPF object file)", 'Add object = "NAME.bpf.o"')
             continue
         if not isinstance(obj, str) or not obj.strip():
-            err(f"{base}.object", f"object must be a path, not {obj!r}", 'Write object = "NAME.bpf.o"')
+            err(
+                f"{base}.object",
+                f"object must be a path, not {obj!r}",
+                'Write object = "NAME.bpf.o"',
+            )
             continue
         resolved = Path(obj) if Path(obj).is_absolute() else path.parent / obj
         where = str(resolved)

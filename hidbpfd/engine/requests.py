@@ -315,7 +315,7 @@ class ProgramServer:
             known = ", ".join(sorted(self.limits.callbacks)) or "none"
             self.refuse(
                 "callback",
-                f"{req.describe()}: no SEC(\"syscall\") program {req.callback!r} in the object "
+                f'{req.describe()}: no SEC("syscall") program {req.callback!r} in the object '
                 f"(callbacks: {known})",
             )
             return
@@ -368,7 +368,9 @@ class ProgramServer:
         self._emit(
             "cancel",
             held[1] if held else b"",
-            f"key={req.key}" + (" (held report dropped)" if held else "") + ("" if was else " (nothing pending)"),
+            f"key={req.key}"
+            + (" (held report dropped)" if held else "")
+            + ("" if was else " (nothing pending)"),
         )
 
     def _run_keyed(self, req: Request, arm: int) -> None:

@@ -34,7 +34,7 @@ BTF_KIND_DATASEC: Final = 15
 STRUCT_OPS_SECTIONS: Final = (".struct_ops", ".struct_ops.link")
 
 
-class ObjectError(Exception):
+class ObjectError(ValueError):
     """The object cannot be used as a program: the message says why and what to do."""
 
 
@@ -111,7 +111,11 @@ def inspect_object(path: str | Path, lib: lb.Libbpf | None = None) -> ObjectInfo
     finally:
         obj.close()
     if not ops:
-        others = sorted(f"{n} ({ops_types.get(n, '?')})" for n, t in types.items() if t == lb.BPF_MAP_TYPE_STRUCT_OPS)
+        others = sorted(
+            f"{n} ({ops_types.get(n, '?')})"
+            for n, t in types.items()
+            if t == lb.BPF_MAP_TYPE_STRUCT_OPS
+        )
         raise ObjectError(
             f"{p} has no struct_ops of type struct {OPS_TYPE}"
             + (f" (it has {', '.join(others)})" if others else "")
@@ -147,6 +151,16 @@ class ProgramInstance:
         self._burst = burst
         self._interval_ns = interval_ns
 
+    @property
+    def engine(self) -> str:
+        """``userspace`` (requests come through the ring) or ``kernel``."""
+        return self.info.engine
+
+    @property
+    def callbacks(self) -> frozenset[str]:
+        """The object's SEC("syscall") programs."""
+        return self.info.callbacks
+
     def load(self) -> None:
         """Load and attach (BpfError with the verifier's last lines on failure)."""
         image = lb.elf_patch(
@@ -161,7 +175,7 @@ class ProgramInstance:
                 except lb.BpfError as e:
                     tail = [ln for ln in lines if ln.strip()][-6:]
                     raise lb.BpfError(
-                        f"load {Path(self.info.path).name}", e.errno, " | ".join(tail)
+                        f"load {Path(self.info.path).name}", e.errno or 0, " | ".join(tail)
                     ) from e
             if self.info.engine == "userspace":
                 # the budget before the program can run; the ring consumer before requests
@@ -241,6 +255,12 @@ class ProgramInstance:
             self._obj.close()
             self._obj = None
         self._state_fd = self._keys_fd = self._passing_fd = -1
+
+
+def load_program(path: str, hid_id: int, on_record: Callable[[bytes], None]) -> ProgramInstance:
+    """The daemon's program loader: inspect ``path`` (ObjectError) and make its instance for
+    ``hid_id`` (then :meth:`ProgramInstance.load`)."""
+    return ProgramInstance(inspect_object(path), hid_id, on_record)
 
 
 def check_object(path: str) -> str | None:

@@ -49,4 +49,3 @@ def decode_state(raw: bytes) -> State:
 def encode_state(st: State) -> bytes:
     """The state map's value, for an update."""
     return _STATE.pack(*st)
-

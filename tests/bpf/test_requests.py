@@ -49,8 +49,18 @@ class Program:
         self.passing_fd = self.obj.map(KR.PASSING_MAP).fd
         self.keys_fd = self.obj.map(KR.KEYS_MAP).fd
 
-    def run(self, op: int, *, hid_id: int = HID_ID, key: int = 0, delay_ms: int = 0,
-            data: bytes = b"", size: int | None = None, count: int = 0, arg: int = 0) -> int:
+    def run(
+        self,
+        op: int,
+        *,
+        hid_id: int = HID_ID,
+        key: int = 0,
+        delay_ms: int = 0,
+        data: bytes = b"",
+        size: int | None = None,
+        count: int = 0,
+        arg: int = 0,
+    ) -> int:
         n = len(data) if size is None else size
         ctx = ctypes.create_string_buffer(
             TEST_OP.pack(op, hid_id, key, delay_ms, n, count, arg, data), TEST_OP.size
@@ -66,7 +76,9 @@ class Program:
     def reset(self, burst: int = 0, interval_ns: int = 0) -> None:
         self.take()
         zero = struct.pack("<I", 0)
-        lb.map_update(self.state_fd, zero, KR.encode_state(KR.State(burst, interval_ns, 0, 0, 0, 0)))
+        lb.map_update(
+            self.state_fd, zero, KR.encode_state(KR.State(burst, interval_ns, 0, 0, 0, 0))
+        )
         lb.map_update(self.passing_fd, zero, zero)
 
     def state(self) -> KR.State:
@@ -171,7 +183,7 @@ def test_constants_match_header() -> None:
     for k in R.Kind:
         assert int(d[f"HIDBPFD_REQ_{k.name}"]) == k
     assert int(d["HIDBPFD_BUDGET_BURST"]) == KR.BUDGET_BURST
-    assert int(d["HIDBPFD_BUDGET_INTERVAL_NS"].rstrip("ULL")) == KR.BUDGET_INTERVAL_NS
+    assert int(d["HIDBPFD_BUDGET_INTERVAL_NS"].removesuffix("ULL")) == KR.BUDGET_INTERVAL_NS
     api = (HEADER_DIR / "api.h").read_text()
     assert re.search(r"#define HIDBPFD_DATA_MAX\s+512", api)
 
@@ -185,7 +197,11 @@ def test_inject_record_round_trip(fresh: Program) -> None:
     (raw,) = fresh.take()
     req = R.decode(raw)
     assert (req.kind, req.hid_id, req.keyed, req.delay_ms, req.data) == (
-        R.Kind.INJECT, HID_ID, False, 15, b"\x02\x01\x02",
+        R.Kind.INJECT,
+        HID_ID,
+        False,
+        15,
+        b"\x02\x01\x02",
     )
     assert before <= req.ts_ns <= time.monotonic_ns()  # CLOCK_MONOTONIC, like the scheduler's
     assert fresh.state().requests == 1
@@ -213,7 +229,11 @@ def test_defer_holds_and_lets_the_daemons_reinjection_through(fresh: Program) ->
     (raw,) = fresh.take()
     req = R.decode(raw)
     assert (req.kind, req.key, req.keyed, req.delay_ms, req.data) == (
-        R.Kind.DEFER, 3, True, 20, report,
+        R.Kind.DEFER,
+        3,
+        True,
+        20,
+        report,
     )
     assert lb.map_lookup(fresh.keys_fd, struct.pack("<I", 3), 8) == struct.pack("<Q", req.ts_ns)
     # the daemon re-injects it: the program sees it again, and must let it pass, once
@@ -239,7 +259,11 @@ def test_call_record_and_callback_run(fresh: Program) -> None:
     (raw,) = fresh.take()
     req = R.decode(raw)
     assert (req.kind, req.callback, req.key, req.arg, req.keyed) == (
-        R.Kind.CALL, "test_callback", 4, 0xAB, True,
+        R.Kind.CALL,
+        "test_callback",
+        4,
+        0xAB,
+        True,
     )
     # the daemon runs it as it would: BPF_PROG_RUN with struct hidbpfd_call_args
     ctx = ctypes.create_string_buffer(

@@ -15,7 +15,9 @@ DEV = DeviceId(3, 0x28BD, 0x0905, "pen", hid_id=DeviceId.sysfs_name(3, 0x28BD, 0
 
 
 class Target:
-    def __init__(self, log: list[tuple[int, str, bytes]], clock: VirtualClock, name: str = "") -> None:
+    def __init__(
+        self, log: list[tuple[int, str, bytes]], clock: VirtualClock, name: str = ""
+    ) -> None:
         self.log = log
         self.clock = clock
         self.name = name
@@ -52,8 +54,16 @@ def setup(**limits: object) -> tuple[R.ProgramServer, Scheduler, list[tuple[int,
     return s, sched, log
 
 
-def req(kind: R.Kind, t_ms: int, data: bytes = b"", *, key: int = 0, keyed: bool = False,
-        delay: int = 0, arg: int = 0) -> R.Request:
+def req(
+    kind: R.Kind,
+    t_ms: int,
+    data: bytes = b"",
+    *,
+    key: int = 0,
+    keyed: bool = False,
+    delay: int = 0,
+    arg: int = 0,
+) -> R.Request:
     return R.Request(kind, HID, key, keyed or kind is R.Kind.DEFER, delay, t_ms * MS, arg, data)
 
 
@@ -73,7 +83,9 @@ def test_defer_releases_after_the_delay() -> None:
 
 def test_cancel_drops_the_held_report() -> None:
     s, sched, log = setup()
-    feed(s, sched, req(R.Kind.DEFER, 0, b"\x02\x00", key=1, delay=20), req(R.Kind.CANCEL, 10, key=1))
+    feed(
+        s, sched, req(R.Kind.DEFER, 0, b"\x02\x00", key=1, delay=20), req(R.Kind.CANCEL, 10, key=1)
+    )
     sched.run_until(100 * MS)
     assert log == []
     assert s.counters.cancelled == 1
