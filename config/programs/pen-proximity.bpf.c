@@ -20,7 +20,9 @@ char LICENSE[] SEC("license") = "GPL";
 
 #define PEN_REPORT	0x02
 #define KEY_OUT		1	/* the held out-of-proximity report */
-#define TRUST_MS	20
+#ifndef TRUST_MS
+#define TRUST_MS	20	/* -DTRUST_MS=N to try another wait */
+#endif
 
 SEC("struct_ops/hid_device_event")
 int BPF_PROG(pen_event, struct hid_bpf_ctx *hctx, enum hid_report_type type, __u64 source)

@@ -22,6 +22,10 @@
 #ifndef __HIDBPFD_API_H
 #define __HIDBPFD_API_H
 
+#ifdef HIDBPFD_ENGINE_KERNEL
+/* api_wq.h declares the kfuncs without __weak: a kernel lacking one refuses the object */
+#define HIDBPFD_COMPAT_NO_KFUNCS
+#endif
 #include "hid_compat.h"
 
 /* ------------------------------------------------------------ shared by both engines */

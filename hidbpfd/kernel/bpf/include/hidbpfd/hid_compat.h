@@ -68,7 +68,10 @@ struct hid_bpf_ops {
 };
 #endif
 
-/* HID-BPF kfuncs (drivers/hid/bpf/hid_bpf_dispatch.c); bpftool 7.1 does not emit them. */
+/* HID-BPF kfuncs (drivers/hid/bpf/hid_bpf_dispatch.c); bpftool 7.1 does not emit them.
+ * HIDBPFD_COMPAT_NO_KFUNCS: the includer declares them itself (api_wq.h, without __weak, so a
+ * kernel lacking one refuses the object by name; a __weak declaration here would stick). */
+#ifndef HIDBPFD_COMPAT_NO_KFUNCS
 extern __u8 *hid_bpf_get_data(struct hid_bpf_ctx *ctx, unsigned int offset,
 			      const size_t __sz) __ksym __weak;
 extern struct hid_bpf_ctx *hid_bpf_allocate_context(unsigned int hid_id) __ksym __weak;
@@ -82,5 +85,6 @@ extern int hid_bpf_input_report(struct hid_bpf_ctx *ctx, enum hid_report_type ty
 				__u8 *data, size_t buf__sz) __ksym __weak;
 extern int hid_bpf_try_input_report(struct hid_bpf_ctx *ctx, enum hid_report_type type,
 				    __u8 *data, size_t buf__sz) __ksym __weak;
+#endif /* HIDBPFD_COMPAT_NO_KFUNCS */
 
 #endif /* __HIDBPFD_HID_COMPAT_H */
