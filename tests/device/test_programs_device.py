@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import shutil
-import struct
 import time
 from pathlib import Path
 from typing import Any
