@@ -113,7 +113,8 @@ def readers(lines: list[TraceLine]) -> list[TraceLine]:
 def check(name: str, real: list[TraceLine], lag: float, *, merge: bool = False) -> None:
     want = readers(expected(name)) if merge else expected(name)
     real = readers(real) if merge else real
-    problems, _ = compare(want, real)
+    problems, worst_in = compare(want, real)
+    print(f"  largest time difference {worst_in * 1000:.1f} ms (sender lag {lag * 1000:.1f} ms)")
     data = [p for p in problems if " at " not in p]
     assert not data, "kinds/data differ:\n" + "\n".join(data)
     late = [p for p in problems if " at " in p]
@@ -237,3 +238,48 @@ def test_reload_swaps_and_removal_detaches(uhid_available: None, tmp_path: Path)
             assert "pen_proximity" not in _struct_ops_names()
 
     run(body())
+
+
+def test_a_flooding_program_is_cut_and_others_keep_their_trace(
+    uhid_available: None, tmp_path: Path
+) -> None:
+    """A program writing 500 requests per report (tests/programs/flood.bpf.c, on the wake-up
+    device) beside the macro-key program on the keyboard: the flood is cut by the budget in
+    the kernel and counted in status; the keyboard's trace is unchanged."""
+    cfg = build(tmp_path, "macro-key")
+    (cfg / "50-1209__a002-flood.toml").write_text(
+        '[device]\nbus = "usb"\nvendor = 0x1209\nproduct = 0xa002\n\n'
+        '[[program]]\nobject = "flood.bpf.o"\n'
+    )
+    compile_program(TRACES / "flood.bpf.c", cfg / "flood.bpf.o", cache=tmp_path / "cache")
+    keyboard = load_rec(ROOT / "tests" / "captures" / "macro-key.hid")
+    waker = load_rec(ROOT / "tests" / "captures" / "wakeup-reinit.hid")
+
+    async def body() -> tuple[list[TraceLine], float, dict[str, Any]]:
+        async with LiveSession([str(cfg)]) as live:
+            kbd = await live.add(keyboard.devices[0])
+            flooder = await live.add(waker.devices[0])
+            await settle_udev()
+            events = keyboard.events()
+            first = events[0][0]
+            live.t0 = time.monotonic_ns()
+            lag = 0.0
+            for t_ns, _rdev, data in events:
+                # between two keyboard reports, the flooder sends one report per 10 ms
+                while (wait := (live.t0 + (t_ns - first) - time.monotonic_ns()) / 1e9) > 0:
+                    live.send(flooder, bytes.fromhex("10000000"))
+                    await asyncio.sleep(min(wait, 0.01))
+                lag = max(lag, (time.monotonic_ns() - live.t0 - (t_ns - first)) / 1e9)
+                live.send(kbd, data)
+            await asyncio.sleep(SETTLE_S)
+            trace = [x for x in live.trace() if x.device == kbd.hid_id]
+            return trace, lag, live.daemon.status()
+
+    real, lag, status = run(body())
+    check("macro-key", real, lag)
+    (flood,) = [
+        p for d in status["devices"] for p in d.get("programs", []) if "flood" in p["program"]
+    ]
+    print(f"flood: {flood['requests']} requests served, drops {flood['drops']}")
+    assert flood["drops"]["over_budget"] > 10 * flood["requests"] > 0
+    assert flood["errors"] == 0 and flood["refused"] == {}
