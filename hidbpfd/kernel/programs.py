@@ -138,8 +138,12 @@ class ProgramInstance:
         *,
         burst: int = 0,
         interval_ns: int = 0,
+        attach: bool = True,
     ) -> None:
         self.info = info
+        self._attach = attach
+        """False: load only (tests on kernels without HID-BPF, with objects that have no
+        struct_ops: the request side works the same)."""
         self.hid_id = hid_id
         self._on_record = on_record
         self._obj: lb.BpfObject | None = None
@@ -163,12 +167,14 @@ class ProgramInstance:
 
     def load(self) -> None:
         """Load and attach (BpfError with the verifier's last lines on failure)."""
-        image = lb.elf_patch(
-            Path(self.info.path).read_bytes(), self.info.ops_map, 0, struct.pack("<i", self.hid_id)
-        )
+        image = Path(self.info.path).read_bytes()
+        if self._attach:
+            hid_id = struct.pack("<i", self.hid_id)
+            image = lb.elf_patch(image, self.info.ops_map, 0, hid_id)
         obj = lb.BpfObject.open_mem(image)
         try:
-            obj.map(self.info.ops_map).set_map_flags(lb.BPF_F_LINK)
+            if self._attach:
+                obj.map(self.info.ops_map).set_map_flags(lb.BPF_F_LINK)
             with lb.capture_log(quiet=True) as lines:
                 try:
                     obj.load()
@@ -185,7 +191,8 @@ class ProgramInstance:
                 st = rq.State(self._burst, self._interval_ns, 0, 0, 0, 0)
                 lb.map_update(self._state_fd, struct.pack("<I", 0), rq.encode_state(st))
                 self._ring = lb.RingBuffer(obj.map(rq.REQUESTS_MAP).fd, self._on_record)
-            self._link = obj.map(self.info.ops_map).attach_struct_ops()
+            if self._attach:
+                self._link = obj.map(self.info.ops_map).attach_struct_ops()
         except BaseException:
             if self._link:
                 self._link.destroy()
@@ -194,11 +201,11 @@ class ProgramInstance:
             raise
         self._obj = obj
         log.info(
-            "%s attached to hid_id %d (%s engine, link fd %d)",
+            "%s %s hid_id %d (%s engine)",
             Path(self.info.path).name,
+            "attached to" if self._link else "loaded (not attached) for",
             self.hid_id,
             self.info.engine,
-            self._link.fd,
         )
 
     @property
@@ -220,6 +227,12 @@ class ProgramInstance:
             struct.pack(rq.CALL_ARGS_FORMAT, self.hid_id, key, arg), rq.CALL_ARGS_SIZE
         )
         return lb.prog_test_run(self._obj.program(name).fd, ctx)
+
+    def program_fd(self, name: str) -> int:
+        """The fd of the object's program ``name`` (tests drive its SEC("syscall") programs)."""
+        if self._obj is None:
+            raise lb.BpfError(f"program {name}", errno.ENODEV, "object unloaded")
+        return self._obj.program(name).fd
 
     def state(self) -> rq.State | None:
         """The state map (counters, budget), or None for a kernel-engine object."""
