@@ -59,10 +59,12 @@ def op(
 
 
 def test_daemon_serves_a_program(tmp_path: Path, obj: Path) -> None:
+    image = obj.read_bytes()
+
     async def body() -> None:
         async with running(tmp_path, program_loader=loader) as r:
             # the harness's config dir is ready only now: add the file, reload
-            (r.cfg / obj.name).write_bytes(obj.read_bytes())
+            (r.cfg / obj.name).write_bytes(image)
             (r.cfg / "50-0001__0002-prog.toml").write_text(
                 '[device]\nvendor = 0x0001\nproduct = 0x0002\n\n[[program]]\nobject = "t.bpf.o"\n'
             )
