@@ -166,9 +166,10 @@ def test_close_releases_held_reports_when_the_device_stays() -> None:
 
 
 def test_outcomes_for_monitor() -> None:
-    s, sched, _ = setup()
+    clock = VirtualClock()
+    sched = Scheduler(clock)
     seen: list[Outcome] = []
-    s._observers = lambda: [seen.append]
+    s = R.ProgramServer(DEV, "p", sched, Target([], clock), R.Limits(), lambda: [seen.append])
     feed(s, sched, req(R.Kind.DEFER, 0, b"\x02\x00", key=1, delay=20))
     sched.run_until(30 * MS)
     assert [(o.kind, o.data, o.detail) for o in seen] == [
