@@ -7,7 +7,9 @@ uses ``<hidbpfd/api.h>``, compiled against this machine's kernel.
   dir of the cached vmlinux.h; libbpf's headers (``<bpf/bpf_helpers.h>``) come from the system
   (``apt install libbpf-dev``);
 - ``HIDBPFD_HAVE_*`` say which HID types that vmlinux.h has (``hid_compat.h`` supplies the
-  others); ``--engine kernel`` adds ``-DHIDBPFD_ENGINE_KERNEL``.
+  others); ``--engine kernel`` adds ``-DHIDBPFD_ENGINE_KERNEL``, and
+  ``-DHIDBPFD_WQ_CALLBACK_IMPL`` where the kernel has only the pre-7.0 bpf_wq callback kfunc
+  (``bpf_wq_set_callback_impl``; see ``wq_compat.h``).
 
 clang's diagnostics go to stderr as clang prints them (``FILE:LINE:COL: error: ...``); a
 failure is a :class:`CompileError`.
@@ -74,13 +76,36 @@ def default_output(src: Path) -> Path:
     return src.with_name(name + ".bpf.o")
 
 
+def old_wq_callback(btf: Path) -> bool:
+    """The kernel of ``btf`` has ``bpf_wq_set_callback_impl`` and not ``bpf_wq_set_callback``."""
+    from hidbpfd.kernel import libbpf as lb
+
+    try:
+        b = lb.Btf(str(btf))
+    except OSError:
+        return False
+    try:
+        new = b.find("bpf_wq_set_callback", lb.BTF_KIND_FUNC)
+        return not new and bool(b.find("bpf_wq_set_callback_impl", lb.BTF_KIND_FUNC))
+    finally:
+        b.free()
+
+
 def clang_argv(
-    src: Path, out: Path, vmlinux: Path, engine: str, extra: Sequence[str] = ()
+    src: Path,
+    out: Path,
+    vmlinux: Path,
+    engine: str,
+    extra: Sequence[str] = (),
+    *,
+    wq_impl: bool = False,
 ) -> list[str]:
     """The clang command line for ``src`` (exposed for tests and ``--verbose``)."""
     defines = hid_type_defines(vmlinux.read_text())
     if engine == "kernel":
         defines.append("-DHIDBPFD_ENGINE_KERNEL")
+        if wq_impl:
+            defines.append("-DHIDBPFD_WQ_CALLBACK_IMPL")
     return [
         "clang",
         "-O2",
@@ -125,7 +150,8 @@ def compile_program(
     if shutil.which("clang") is None:
         raise CompileError(f"clang not found. {HINT}")
     out = out or default_output(src)
-    argv = clang_argv(src, out, vmlinux_h(btf, cache), engine, extra)
+    wq_impl = engine == "kernel" and old_wq_callback(btf)
+    argv = clang_argv(src, out, vmlinux_h(btf, cache), engine, extra, wq_impl=wq_impl)
     res = subprocess.run(argv, capture_output=True, text=True, check=False)
     if res.stderr:
         sys.stderr.write(res.stderr)

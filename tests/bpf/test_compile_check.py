@@ -153,3 +153,26 @@ def test_check_refuses_what_is_no_bpf_object(
     res = hidbpfd("check", str(pol), cache=cache)
     assert res.returncode == 1
     assert f"{pol}:7: program[0].object: " in res.stderr and what in res.stderr
+
+
+@pytest.mark.skipif(
+    not (ROOT / "hidbpfd/kernel/bpf/include/hidbpfd/api_wq.h").exists(),
+    reason="the kernel engine of the API (include/hidbpfd/api_wq.h) is not in this tree",
+)
+@pytest.mark.parametrize("name", ["pen-proximity", "macro-key", "wakeup-reinit"])
+def test_examples_build_for_the_kernel_engine(name: str, tmp_path: Path, cache: Path) -> None:
+    from hidbpfd.kernel.programs import inspect_object
+
+    out = tmp_path / f"{name}.bpf.o"
+    res = hidbpfd(
+        "compile",
+        str(EXAMPLES / f"{name}.bpf.c"),
+        "-o",
+        str(out),
+        "--engine",
+        "kernel",
+        cache=cache,
+    )
+    assert res.returncode == 0, res.stderr
+    info = inspect_object(out)
+    assert info.engine == "kernel"  # no request ring: the daemon only attaches it
