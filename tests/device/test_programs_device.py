@@ -21,6 +21,7 @@ from hidbpfd.devices.uhid import UHID_FEATURE_REPORT, UhidEvent
 from hidbpfd.kernel import libbpf as lb
 from hidbpfd.kernel.compile import INCLUDE_DIR, compile_program
 from hidbpfd.replay.live import LiveSession, settle_udev
+from hidbpfd.replay.recording import RecordedDevice
 from hidbpfd.replay.recording import load as load_rec
 from hidbpfd.replay.virtual import TraceLine
 from tests.device.conftest import run
@@ -283,3 +284,37 @@ def test_a_flooding_program_is_cut_and_others_keep_their_trace(
     print(f"flood: {flood['requests']} requests served, drops {flood['drops']}")
     assert flood["drops"]["over_budget"] > 10 * flood["requests"] > 0
     assert flood["errors"] == 0 and flood["refused"] == {}
+
+
+# A pen-like device (28bd:0905) whose report 2 is 300 bytes: longer than the filter's 128-byte
+# records; the API's requests carry up to 512.
+LONG_RDESC = bytes.fromhex("0600ff0901a101850209011500 26ff00 7508 962b01 8102 c0".replace(" ", ""))
+
+
+def test_a_long_report_is_held_and_reinjected_whole(uhid_available: None, tmp_path: Path) -> None:
+    cfg = build(tmp_path, "pen-proximity")
+    dev_rec = RecordedDevice(
+        0, "long pen", "usb-0000:00:14.0-9/input0", "", 3, 0x28BD, 0x0905, LONG_RDESC
+    )
+    out_of_range = bytes([0x02, 0x00]) + bytes(range(256)) + bytes(42)
+    in_range = bytes([0x02, 0x20]) + bytes(298)
+    assert len(out_of_range) == len(in_range) == 300
+
+    async def body() -> tuple[list[bytes], list[bytes], dict[str, Any]]:
+        async with LiveSession([str(cfg)]) as live:
+            dev = await live.add(dev_rec)
+            await settle_udev()
+            live.t0 = time.monotonic_ns()
+            live.send(dev, out_of_range)  # held 20 ms, then re-injected
+            await asyncio.sleep(0.5)
+            live.send(dev, out_of_range)  # spurious: the pen speaks within 20 ms
+            live.send(dev, in_range)
+            await asyncio.sleep(0.5)
+            return live.seen(dev, "inject"), live.seen(dev, "pass"), live.daemon.status()
+
+    injected, passed, status = run(body())
+    assert injected == [out_of_range]  # whole: 300 bytes, every one of them
+    assert passed == [in_range]
+    (prog,) = [p for d in status["devices"] for p in d.get("programs", [])]
+    assert (prog["held"], prog["injected"], prog["cancelled"]) == (2, 1, 1)
+    assert prog["refused"] == {}
