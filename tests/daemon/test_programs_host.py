@@ -74,6 +74,8 @@ def test_daemon_serves_a_program(tmp_path: Path, obj: Path) -> None:
             assert sp.error == "" and isinstance(sp.handle, ProgramInstance)
             h = sp.handle
             key = OTHER.key
+            monitor: list[dict[str, Any]] = []
+            unsubscribe = r.d._subscribe(monitor.append)  # what `hidbpfd monitor` gets
 
             assert op(h, INJECT, data=b"\x01\x02") == 0  # now: through the ring, on the loop
             await until(lambda: r.got(key, "inject") == [b"\x01\x02"], "the injection")
@@ -89,6 +91,18 @@ def test_daemon_serves_a_program(tmp_path: Path, obj: Path) -> None:
             op(h, CALL_UNKNOWN, key=3)
             await until(lambda: sp.server is not None and sp.server.counters.requests == 9, "all")
             assert r.got(key, "inject") == [b"\x01\x02", b"\x02\x00"]  # the cancelled one: never
+            unsubscribe()
+            label = "50-0001__0002-prog.toml#program[0] t.bpf.o"
+            mine = [m for m in monitor if m["device"] == key]
+            assert mine and all(m["policy"] == label for m in mine)
+            shown = [(m["kind"], m["data"], m["detail"]) for m in mine]
+            assert ("request", "0102", "inject 2 bytes") in shown
+            assert ("hold", "0200", "defer 2 bytes key=1 20 ms") in shown
+            assert ("inject", "0200", "defer key=1 due") in shown
+            assert ("cancel", "0201", "key=1 (held report dropped)") in shown
+            assert ("call", "", "call test_callback(7) key=2 10 ms") in shown
+            assert ("output", "0507", "output 2 bytes") in shown
+            assert [k for k, _, _ in shown].count("refused") == 2
 
             (dev,) = [d for d in r.d.status()["devices"] if d["hid_id"] == key]
             (st,) = dev["programs"]
@@ -120,7 +134,14 @@ def test_daemon_serves_a_program(tmp_path: Path, obj: Path) -> None:
             r.w.remove(OTHER)
             assert key not in r.d.programs
             r.w.add(OTHER)
-            assert r.d.programs[key].programs[0].handle is not None
+            (sp3,) = r.d.programs[key].programs
+            assert isinstance(sp3.handle, ProgramInstance)
+            # a report held when the daemon is told to stop is re-injected first
+            assert op(sp3.handle, DEFER, key=1, delay_ms=60_000, data=b"\x02\x09") == -1
+            await until(lambda: sp3.server is not None and sp3.server.counters.held == 1, "held")
+            before = len(r.got(key, "inject"))
+            injected_after = r.got
+        assert injected_after(key, "inject")[before:] == [b"\x02\x09"]
 
     asyncio.run(body())
 
