@@ -176,3 +176,45 @@ def test_outcomes_for_monitor() -> None:
         ("hold", b"\x02\x00", "defer 2 bytes key=1 20 ms"),
         ("inject", b"\x02\x00", "defer key=1 due"),
     ]
+
+
+def test_status_text_shows_programs() -> None:
+    from hidbpfd.service.status_text import render_event, render_status
+
+    dev = {
+        "hid_id": "0003:28BD:0905.0001",
+        "name": "pen",
+        "bus": "usb",
+        "vendor": "28bd",
+        "product": "0905",
+        "hidraw": "/dev/hidraw0",
+        "managed": False,
+        "programs": [
+            {
+                "program": "50-pen.toml#program[0] pen.bpf.o",
+                "engine": "userspace",
+                "requests": 5,
+                "held": 2,
+                "injected": 1,
+                "output": 0,
+                "feature": 0,
+                "calls": 0,
+                "cancelled": 1,
+                "errors": 0,
+                "pending": 0,
+                "refused": {"size": 1},
+                "drops": {"over_budget": 7, "ring_full": 0},
+            },
+            {"program": "50-pen.toml#program[1] k.bpf.o", "engine": "kernel"},
+            {"program": "50-pen.toml#program[2] bad.bpf.o", "error": "load failed: EINVAL"},
+        ],
+    }
+    text = render_status({"devices": [dev]})
+    assert "program 50-pen.toml#program[0] pen.bpf.o: requests 5, held 2, injected 1" in text
+    assert "drops: over budget 7, ring full 0; refused: size 1" in text
+    assert "program 50-pen.toml#program[1] k.bpf.o: kernel engine" in text
+    assert "program[2] bad.bpf.o: NOT loaded: load failed: EINVAL" in text
+    line = render_event(
+        {"t": 1.0, "device": "d", "kind": "hold", "data": "0200", "policy": "p", "detail": "defer"}
+    )
+    assert line == "1.000000  d    HOLD  02 00  [p]  defer"
