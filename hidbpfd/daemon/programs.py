@@ -128,7 +128,7 @@ class Programs(DaemonState):
                     ref.path, dev.kernel_id, lambda raw: self._on_program_record(sp, raw)
                 )
                 handle.load()
-            except (OSError, ValueError) as e:
+            except Exception as e:  # a bad object must not stop the daemon or other devices
                 sp.error = f"load failed: {e}"
             else:
                 sp.handle = handle

@@ -123,6 +123,15 @@ def inspect_object(path: str | Path, lib: lb.Libbpf | None = None) -> ObjectInfo
         )
     if len(ops) > 1:
         raise ObjectError(f"{p} has {len(ops)} hid_bpf_ops struct_ops ({', '.join(ops)}); use one")
+    if has_ring:
+        # what the userspace engine needs besides the ring (all declared by <hidbpfd/api.h>)
+        need = {rq.STATE_MAP: 2, rq.KEYS_MAP: 1, rq.PASSING_MAP: 2}  # ARRAY, HASH, ARRAY
+        bad = sorted(n for n, t in need.items() if types.get(n) != t)
+        if bad:
+            raise ObjectError(
+                f"{p} has the request ring but not the maps {', '.join(bad)} of this "
+                "hidbpfd's <hidbpfd/api.h>: rebuild it with hidbpfd compile"
+            )
     return ObjectInfo(str(p), ops[0], "userspace" if has_ring else "kernel", callbacks)
 
 

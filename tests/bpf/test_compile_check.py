@@ -176,3 +176,22 @@ def test_examples_build_for_the_kernel_engine(name: str, tmp_path: Path, cache: 
     assert res.returncode == 0, res.stderr
     info = inspect_object(out)
     assert info.engine == "kernel"  # no request ring: the daemon only attaches it
+
+
+def test_check_refuses_a_ring_without_the_apis_maps(tmp_path: Path, cache: Path) -> None:
+    """An object with a `hidbpfd_requests` ring but not built with this <hidbpfd/api.h>."""
+    src = tmp_path / "half.bpf.c"
+    src.write_text(
+        '#include "vmlinux.h"\n#include <bpf/bpf_helpers.h>\n#include <bpf/bpf_tracing.h>\n'
+        '#include <hidbpfd/hid_compat.h>\nchar LICENSE[] SEC("license") = "GPL";\n'
+        "struct { __uint(type, BPF_MAP_TYPE_RINGBUF); __uint(max_entries, 4096); }"
+        ' hidbpfd_requests SEC(".maps");\n'
+        'SEC("struct_ops/hid_device_event")\n'
+        "int BPF_PROG(ev, struct hid_bpf_ctx *hctx) { bpf_ringbuf_output(&hidbpfd_requests, hctx, 0, 0); return 0; }\n"
+        'SEC(".struct_ops") struct hid_bpf_ops half = { .hid_device_event = (void *)ev };\n'
+    )
+    assert hidbpfd("compile", "-q", str(src), cache=cache).returncode == 0
+    pol = _policy(tmp_path, "half.bpf.o")
+    res = hidbpfd("check", str(pol), cache=cache)
+    assert res.returncode == 1
+    assert "not the maps hidbpfd_keys, hidbpfd_passing, hidbpfd_state" in res.stderr
