@@ -1,6 +1,7 @@
 """The command line: a thin layer over the package. Forms fixed by the issues:
 
 - ``hidbpfd check PATH...``
+- ``hidbpfd compile SRC.bpf.c [-o OBJ] [--engine userspace|kernel]``
 - ``hidbpfd replay --config PATH [--via-bpf | --device uhid] RECORDING``
 - ``hidbpfd probe``, ``hidbpfd vm [--] CMD...``, ``hidbpfd policies``
 - ``hidbpfd devices [--json]``, ``hidbpfd record [DEVICE...] [-o FILE] [--duration S]``
@@ -17,8 +18,9 @@ from hidbpfd import __version__
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from hidbpfd.config import load
+    from hidbpfd.kernel.programs import check_object
 
-    cfg = load(args.paths)
+    cfg = load(args.paths, inspect=check_object)
     errors = list(cfg.errors)
     kernel_files = [f for f in cfg.files if f.engine == "kernel"]
     if kernel_files:
@@ -48,6 +50,34 @@ def _cmd_check(args: argparse.Namespace) -> int:
             print(f"{f.path}: [device] {f.match}")
             for b in f.bindings:
                 print(f"  #{b.index} {b.policy.describe()}")
+            for p in f.programs:
+                print(f"  program[{p.index}] {p.object}: {_describe_object(p.path)}")
+    return 0
+
+
+def _describe_object(path: str) -> str:
+    from hidbpfd.kernel.programs import ObjectError, inspect_object
+
+    try:
+        info = inspect_object(path)
+    except ObjectError as e:  # changed since load: say so
+        return str(e)
+    calls = ", ".join(sorted(info.callbacks)) or "none"
+    return f"struct_ops {info.ops_map}, {info.engine} engine, callbacks: {calls}"
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hidbpfd.kernel.compile import CompileError, compile_program
+
+    try:
+        out = compile_program(Path(args.src), Path(args.o) if args.o else None, engine=args.engine)
+    except CompileError as e:
+        print(f"hidbpfd compile: {e}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(out)
     return 0
 
 
@@ -369,6 +399,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("paths", nargs="+", metavar="PATH", help="policy files or directories")
     c.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     c.set_defaults(func=_cmd_check)
+
+    cp = sub.add_parser(
+        "compile", help="compile a HID-BPF program using <hidbpfd/api.h> for this kernel"
+    )
+    cp.add_argument("src", metavar="SRC.bpf.c", help="the program's source")
+    cp.add_argument("-o", metavar="OBJ", help="the object to write (default: SRC.bpf.o)")
+    cp.add_argument(
+        "--engine",
+        choices=("userspace", "kernel"),
+        default="userspace",
+        help="where the deferred work runs: the daemon (default) or the kernel's bpf_wq",
+    )
+    cp.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    cp.set_defaults(func=_cmd_compile)
 
     r = sub.add_parser("replay", help="run a hid-recorder capture through the policies; JSON lines")
     r.add_argument("--config", required=True, metavar="PATH", help="policy file or directory")

@@ -18,6 +18,7 @@ from hidbpfd.devices.udev import HidDevice
 from hidbpfd.engine.dispatch import Observer
 from hidbpfd.kernel import orphans
 from hidbpfd.kernel.engine import KernelEngine
+from hidbpfd.kernel.programs import check_object, load_program
 from hidbpfd.kernel.source import BpfEventSource
 
 
@@ -58,4 +59,6 @@ def build_daemon(
         sleep_bus=sleep_bus,
         engine_factory=make_engine,
         settings=settings,
+        program_loader=load_program,
+        object_check=check_object,
     )

@@ -4,7 +4,7 @@ Imports nothing from kernel, devices, service or the daemon (a test enforces it)
 """
 
 from hidbpfd.config.errors import ConfigError, ConfigErrors
-from hidbpfd.config.load import DEFAULT_DIR, Config, PolicyFile, load
+from hidbpfd.config.load import DEFAULT_DIR, Config, PolicyFile, ProgramRef, load
 from hidbpfd.config.match import DeviceMatch
 
 __all__ = [
@@ -14,5 +14,6 @@ __all__ = [
     "ConfigErrors",
     "DeviceMatch",
     "PolicyFile",
+    "ProgramRef",
     "load",
 ]

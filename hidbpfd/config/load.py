@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -28,12 +28,36 @@ from hidbpfd.policies.params import ParamError, convert
 
 DEFAULT_DIR: Final = "/etc/hidbpfd/devices.d"
 FILE_NAME: Final = re.compile(r"^\d\d-[a-z0-9]+__[a-z0-9]+-[a-z0-9][a-z0-9_-]*\.toml$")
-TOP_KEYS: Final = ("device", "policy", "engine")
+TOP_KEYS: Final = ("device", "policy", "program", "engine")
 ENGINES: Final = ("userspace", "kernel")
 MAX_FILES: Final = 1000
 """Policy files read from one directory (each at most 256 KiB: a reload stays short)."""
 MAX_POLICIES: Final = 64
 """[[policy]] tables in one file (a device's rule table holds 32 rules anyway)."""
+MAX_PROGRAMS: Final = 8
+"""[[program]] tables in one file (each is a BPF object loaded per device)."""
+PROGRAM_KEYS: Final = ("object",)
+
+InspectObject = Callable[[str], "str | None"]
+"""Checks a BPF object file for ``[[program]]``: None if usable, else what is wrong (passed in
+by ``check`` and the daemon, which may talk to libbpf; this layer may not)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramRef:
+    """One ``[[program]]`` of a file: a HID-BPF object to load on the file's devices."""
+
+    file: str
+    index: int
+    object: str
+    """As written in the file."""
+    path: str
+    """Resolved: relative to the policy file's directory."""
+
+    @property
+    def label(self) -> str:
+        """``50-pen.toml#program[0] pen.bpf.o``, for logs, status and traces."""
+        return f"{Path(self.file).name}#program[{self.index}] {Path(self.path).name}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +68,7 @@ class PolicyFile:
     match: DeviceMatch
     bindings: tuple[Binding, ...]
     engine: str = "userspace"
+    programs: tuple[ProgramRef, ...] = ()
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
     """Where each key is (from the text that was validated: nothing reads the file twice)."""
 
@@ -64,6 +89,10 @@ class Config:
     def bindings_for(self, dev: DeviceId, facts: DeviceFacts | None = None) -> list[Binding]:
         """Every policy that applies to ``dev``, file by file, in file order."""
         return [b for f in self.files_for(dev, facts) for b in f.bindings]
+
+    def programs_for(self, dev: DeviceId, facts: DeviceFacts | None = None) -> list[ProgramRef]:
+        """Every ``[[program]]`` to load on ``dev``, file by file, in file order."""
+        return [p for f in self.files_for(dev, facts) for p in f.programs]
 
     @property
     def ok(self) -> bool:
@@ -116,15 +145,19 @@ def expand(paths: Iterable[str | Path]) -> tuple[list[Path], list[ConfigError]]:
 
 
 def load(
-    paths: Iterable[str | Path], registry: Mapping[str, type[Policy[Any]]] | None = None
+    paths: Iterable[str | Path],
+    registry: Mapping[str, type[Policy[Any]]] | None = None,
+    *,
+    inspect: InspectObject | None = None,
 ) -> Config:
-    """Load and validate every file; valid files in ``files``, all problems in ``errors``."""
+    """Load and validate every file; valid files in ``files``, all problems in ``errors``.
+    ``inspect`` checks each ``[[program]]`` object (without it, only that the file exists)."""
     reg = load_registry() if registry is None else registry
     files, errors = expand(paths)
     cfg = Config(errors=errors)
     seen: dict[DeviceMatch, str] = {}
     for path in files:
-        pf, errs, warns = _load_guarded(path, reg)
+        pf, errs, warns = _load_guarded(path, reg, inspect)
         cfg.warnings += warns
         if pf is not None and pf.match in seen:
             errs.append(
@@ -150,19 +183,19 @@ def _device_line(pf: PolicyFile) -> int:
 
 
 def _load_guarded(
-    path: Path, registry: Mapping[str, type[Policy[Any]]]
+    path: Path, registry: Mapping[str, type[Policy[Any]]], inspect: InspectObject | None = None
 ) -> tuple[PolicyFile | None, list[ConfigError], list[ConfigError]]:
     """:func:`load_file`, and a bug in a validator rejects that file, not the daemon's start
     or a reload (the fuzz tier checks that this never happens)."""
     try:
-        return load_file(path, registry)
+        return load_file(path, registry, inspect)
     except Exception as e:  # one file's bug must not stop the others
         what = f"internal error while validating: {type(e).__name__}: {e}"
         return None, [ConfigError(str(path), 1, "(file)", what, "Please report this bug")], []
 
 
 def load_file(
-    path: Path, registry: Mapping[str, type[Policy[Any]]]
+    path: Path, registry: Mapping[str, type[Policy[Any]]], inspect: InspectObject | None = None
 ) -> tuple[PolicyFile | None, list[ConfigError], list[ConfigError]]:
     """Validate one file; returns the file (None if any error), its errors and its warnings."""
     f = str(path)
@@ -193,7 +226,8 @@ def load_file(
             err(
                 k,
                 f"unknown top-level key {k!r}",
-                f"Use engine, [device] and [[policy]] only{_did_you_mean(k, TOP_KEYS)}",
+                "Use engine, [device], [[policy]] and [[program]] only"
+                f"{_did_you_mean(k, TOP_KEYS)}",
             )
     engine = doc.get("engine", "userspace")
     if engine not in ENGINES:
@@ -211,7 +245,9 @@ def load_file(
             "Split them over several files, one per device",
         )
         return None, errs, warns
-    bindings = _policies(pols, f, registry, err)
+    progs = doc.get("program")
+    programs = _programs(progs, path, err, inspect)
+    bindings = _policies(pols, f, registry, err, none_ok=progs is not None)
     if not errs and match is not None:
         table = [DeviceRule(r, g) for g, b in enumerate(bindings) for r in b.policy.rules()]
         try:
@@ -224,7 +260,11 @@ def load_file(
             )
     if errs or match is None:
         return None, errs, warns
-    return PolicyFile(f, match, tuple(bindings), str(engine), loc.lines), [], warns
+    return (
+        PolicyFile(f, match, tuple(bindings), str(engine), tuple(programs), loc.lines),
+        [],
+        warns,
+    )
 
 
 def _did_you_mean(word: str, options: Sequence[str]) -> str:
@@ -340,11 +380,86 @@ def _interface_keys(dev: Mapping[str, object], vals: dict[str, Any], err: Any) -
     return ok
 
 
+def _programs(
+    progs: object, path: Path, err: Any, inspect: InspectObject | None
+) -> list[ProgramRef]:
+    if progs is None:
+        return []
+    if not isinstance(progs, list) or not all(isinstance(p, dict) for p in progs):
+        err("program", "program must be an array of tables", "Write each one as [[program]]")
+        return []
+    if len(progs) > MAX_PROGRAMS:
+        err(
+            "program",
+            f"{len(progs)} [[program]] tables (limit {MAX_PROGRAMS})",
+            "Put the work of one device in fewer objects",
+        )
+        return []
+    out: list[ProgramRef] = []
+    seen: dict[str, int] = {}
+    for i, table in enumerate(progs):
+        base = f"program[{i}]"
+        bad = False
+        for k in table:
+            if k not in PROGRAM_KEYS:
+                err(
+                    f"{base}.{k}",
+                    f"unknown key {k!r} for a [[program]]",
+                    f'Use object = "PATH.bpf.o"{_did_you_mean(k, PROGRAM_KEYS)}',
+                )
+                bad = True
+        obj = table.get("object")
+        if obj is None:
+            err(base, "missing 'object' (the BPF object file)", 'Add object = "NAME.bpf.o"')
+            continue
+        if not isinstance(obj, str) or not obj.strip():
+            err(
+                f"{base}.object",
+                f"object must be a path, not {obj!r}",
+                'Write object = "NAME.bpf.o"',
+            )
+            continue
+        resolved = Path(obj) if Path(obj).is_absolute() else path.parent / obj
+        where = str(resolved)
+        if where in seen:
+            err(
+                f"{base}.object",
+                f"{obj} is already program[{seen[where]}]",
+                "Load an object once per file",
+            )
+            continue
+        seen[where] = i
+        if not resolved.exists():
+            err(
+                f"{base}.object",
+                f"{obj}: no such file ({where})",
+                "Paths are relative to the policy file; build it with: hidbpfd compile SRC.bpf.c",
+            )
+            continue
+        problem = inspect(where) if inspect is not None else None
+        if problem:
+            err(f"{base}.object", problem, "Build it with: hidbpfd compile SRC.bpf.c")
+            continue
+        if not bad:
+            out.append(ProgramRef(str(path), i, obj, where))
+    return out
+
+
 def _policies(
-    pols: object, f: str, registry: Mapping[str, type[Policy[Any]]], err: Any
+    pols: object,
+    f: str,
+    registry: Mapping[str, type[Policy[Any]]],
+    err: Any,
+    *,
+    none_ok: bool = False,
 ) -> list[Binding]:
     if pols is None:
-        err("policy", "no [[policy]] tables", "Add at least one [[policy]] with a type")
+        if not none_ok:
+            err(
+                "policy",
+                "no [[policy]] tables",
+                "Add at least one [[policy]] with a type, or a [[program]]",
+            )
         return []
     if not isinstance(pols, list) or not all(isinstance(p, dict) for p in pols):
         err("policy", "policy must be an array of tables", "Write each one as [[policy]]")

@@ -25,6 +25,7 @@ The daemon is one class, :class:`Daemon`, written in parts by what they do:
 - :mod:`.lifecycle` — :class:`Daemon` itself: start-up, run, shutdown;
 - :mod:`.devices` — a device appears, is set up, goes away (and resume, I/O errors);
 - :mod:`.kernel_engine` — devices served by the in-kernel engine;
+- :mod:`.programs` — BPF program objects (``[[program]]``) loaded per device, their requests;
 - :mod:`.reload` — SIGHUP / ``hidbpfd reload``;
 - :mod:`.status` — ``status``, systemd's STATUS= line and the ``monitor`` subscribers.
 """
@@ -37,6 +38,8 @@ from hidbpfd.daemon.state import (
     KernelEngineLike,
     KernelManaged,
     Managed,
+    ProgramHandle,
+    ProgramLoader,
     ReloadResult,
     ReportIOFactory,
 )
@@ -49,6 +52,8 @@ __all__ = [
     "KernelEngineLike",
     "KernelManaged",
     "Managed",
+    "ProgramHandle",
+    "ProgramLoader",
     "ReloadResult",
     "ReportIOFactory",
 ]

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hidbpfd.daemon.kernel_engine import KernelEngines
+from hidbpfd.daemon.programs import Programs
 from hidbpfd.daemon.state import Managed
 from hidbpfd.devices.sinks import DeviceIO
 from hidbpfd.devices.udev import HidDevice
@@ -20,7 +21,7 @@ from hidbpfd.service.logs import fields
 log = logging.getLogger("hidbpfd.daemon")  # the daemon's one logger, whichever part logs
 
 
-class Devices(KernelEngines):
+class Devices(KernelEngines, Programs):
     """Device set-up and removal, the part of :class:`hidbpfd.daemon.Daemon` that udev calls."""
 
     def _added(self, hd: HidDevice) -> None:
@@ -28,9 +29,11 @@ class Devices(KernelEngines):
         if is_mirror(hd.id):  # our own injection sink for another device: never managed
             log.debug("%s: a hidbpfd uhid mirror, not managed", hd.id.describe())
             return
+        self._serve_programs(hd)
         bindings = self.config.bindings_for(hd.id, hd.facts)
         if not bindings:
-            log.debug("%s: no policy file matches", hd.id.describe())
+            if hd.id.key not in self.programs:
+                log.debug("%s: no policy file matches", hd.id.describe())
             return
         self._manage(hd, bindings)
 
@@ -84,6 +87,7 @@ class Devices(KernelEngines):
 
     def _removed(self, hd: HidDevice) -> None:
         self.present.pop(hd.id.key, None)
+        self._close_program_io(self._unserve_programs(hd.id.key, release=False))
         self._detach_kernel(hd.id.key)
         self.kernel_refused.pop(hd.id.key, None)
         self.refused.pop(hd.id.key, None)

@@ -23,6 +23,7 @@ from hidbpfd.daemon.state import (
     KernelEngineLike,
     KernelManaged,
     Managed,
+    ProgramLoader,
     ReportIOFactory,
 )
 from hidbpfd.devices.sinks import RoutingSink
@@ -58,6 +59,8 @@ class Daemon(Reloading):
         sleep_bus: str | None = "system",
         engine_factory: EngineFactory | None = None,
         settings: Settings | None = None,
+        program_loader: ProgramLoader | None = None,
+        object_check: Callable[[str], str | None] | None = None,
     ) -> None:
         settings = settings or Settings()
         self.config_paths = [str(p) for p in config_paths]
@@ -99,6 +102,10 @@ class Daemon(Reloading):
         """Devices whose kernel-engine files were refused, and why."""
         self.refused: dict[str, list[str]] = {}
         """Per device: the userspace policies refused for it (why), for ``status``."""
+        self._program_loader = program_loader
+        self._object_check = object_check
+        self.programs = {}
+        """Devices with BPF programs ([[program]]) loaded, by hid id."""
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -106,7 +113,7 @@ class Daemon(Reloading):
         """Start, serve until stopped, shut down. Returns the exit code."""
         loop = asyncio.get_running_loop()
         self.loop = loop
-        self.config = load(self.config_paths)
+        self.config = load(self.config_paths, inspect=self._object_check)
         for e in [*self.config.errors, *self.config.warnings]:
             (log.warning if e.warning else log.error)("%s", e)
         log.info(
@@ -184,6 +191,10 @@ class Daemon(Reloading):
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         self.watcher.stop()
+        for key in list(self.programs):  # held reports released first: nothing is lost
+            pio = self._unserve_programs(key, release=True)
+            if pio is not None:
+                await pio.close()
         for key in list(self.managed):
             io = self._detach(key)
             if io is not None:

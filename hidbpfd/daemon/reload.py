@@ -11,6 +11,7 @@ from hidbpfd.config import Config, PolicyFile, load
 from hidbpfd.daemon.devices import Devices
 from hidbpfd.daemon.state import ReloadResult
 from hidbpfd.daemon.status import Observability
+from hidbpfd.devices.uhid_mirror import is_mirror
 
 log = logging.getLogger("hidbpfd.daemon")  # the daemon's one logger, whichever part logs
 
@@ -49,7 +50,7 @@ class Reloading(Devices, Observability):
             self.notifier.ready(self.status_line())
 
     def _reload(self) -> ReloadResult:
-        new = load(self.config_paths)
+        new = load(self.config_paths, inspect=self._object_check)
         for e in new.errors:
             log.error("%s", e)
         old_by_path = {f.path: f for f in self.config.files}
@@ -64,6 +65,8 @@ class Reloading(Devices, Observability):
         self.config = merged
         res = ReloadResult(new.errors, [], [], [])
         for key, hd in list(self.present.items()):
+            if not is_mirror(hd.id) and self._reload_programs(hd, merged):
+                res.changed.append(key)
             bindings = self._reload_kernel(hd, merged.bindings_for(hd.id, hd.facts), res)
             m = self.managed.get(key)
             if m is None:
@@ -86,4 +89,5 @@ class Reloading(Devices, Observability):
                 m.table = slot.table
             m.files = [f.path for f in merged.files_for(hd.id, hd.facts)]
             res.changed.append(key)
+        res.changed = list(dict.fromkeys(res.changed))
         return res

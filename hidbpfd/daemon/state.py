@@ -9,10 +9,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from hidbpfd.config import Config, ConfigError
+from hidbpfd.config import Config, ConfigError, ProgramRef
 from hidbpfd.devices.sinks import DeviceIO, Injector, ReportIO, RoutingSink
 from hidbpfd.devices.udev import HidDevice, HidWatcher
 from hidbpfd.engine.dispatch import Binding, Dispatcher, Observer, RecordRouter
+from hidbpfd.engine.requests import ProgramServer
 from hidbpfd.engine.scheduler import Scheduler
 from hidbpfd.engine.stats import Window
 from hidbpfd.engine.timerfd import TimerfdDriver
@@ -20,6 +21,30 @@ from hidbpfd.model import DeviceId, DeviceRule
 from hidbpfd.service.control import ControlServer
 from hidbpfd.service.notify import Notifier
 from hidbpfd.service.sleep import SleepWatcher
+
+
+class ProgramHandle(Protocol):
+    """What the daemon needs of a BPF program object loaded on one device
+    (:class:`hidbpfd.kernel.programs.ProgramInstance`)."""
+
+    @property
+    def engine(self) -> str: ...
+    @property
+    def callbacks(self) -> frozenset[str]: ...
+    @property
+    def epoll_fd(self) -> int: ...
+    def load(self) -> None: ...
+    def consume(self) -> int: ...
+    def run_callback(self, name: str, key: int, arg: int) -> int: ...
+    def state(self) -> Any: ...
+    def set_passing(self, size: int) -> None: ...
+    def key_done(self, key: int, ts_ns: int) -> None: ...
+    def close(self) -> None: ...
+
+
+ProgramLoader = Callable[[str, int, Callable[[bytes], None]], ProgramHandle]
+"""``(object path, hid_id, on_record) -> handle`` (not loaded yet); raises ValueError/OSError
+for an object that is no program."""
 
 
 class KernelEngineLike(Protocol):
@@ -99,6 +124,28 @@ class ReloadResult:
         return ", ".join(parts)
 
 
+@dataclass(slots=True)
+class ServedProgram:
+    """One object on one device: loaded (``handle``, ``server``) or refused (``error``)."""
+
+    ref: ProgramRef
+    stamp: tuple[int, int]
+    handle: ProgramHandle | None = None
+    server: ProgramServer | None = None
+    engine: str = ""
+    error: str = ""
+    reader_fd: int = -1
+
+
+@dataclass(slots=True)
+class ProgramDevice:
+    """A device the daemon loaded programs on, and its sinks for them."""
+
+    hid: HidDevice
+    io: DeviceIO
+    programs: list[ServedProgram] = field(default_factory=list)
+
+
 InjectorFactory = Callable[[HidDevice], Injector | None]
 ReportIOFactory = Callable[[HidDevice], Callable[[], ReportIO]]
 
@@ -142,6 +189,9 @@ class DaemonState:
     kernel: dict[str, KernelManaged]
     kernel_refused: dict[str, str]
     refused: dict[str, list[str]]
+    _program_loader: ProgramLoader | None
+    _object_check: Callable[[str], str | None] | None
+    programs: dict[str, ProgramDevice]
     # set by run (start-up)
     loop: asyncio.AbstractEventLoop
     driver: TimerfdDriver

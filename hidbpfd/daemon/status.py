@@ -10,14 +10,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from hidbpfd.daemon.state import DaemonState
+from hidbpfd.daemon.programs import Programs
 from hidbpfd.engine.dispatch import Outcome
 from hidbpfd.model import bus_name
 
 log = logging.getLogger("hidbpfd.daemon")  # the daemon's one logger, whichever part logs
 
 
-class Observability(DaemonState):
+class Observability(Programs):
     """Status and ``monitor`` subscriptions, the part of :class:`hidbpfd.daemon.Daemon` that
     the control socket and systemd read."""
 
@@ -98,6 +98,8 @@ class Observability(DaemonState):
             self._kernel_status(key, entry)
             if key in self.refused:
                 entry["refused"] = self.refused[key]
+            if key in self.programs:
+                entry["programs"] = self._programs_status(key)
             m = self.managed.get(key)
             slot = self.dispatch.slots.get(key)
             if m is not None and slot is not None:

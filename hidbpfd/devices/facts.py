@@ -83,3 +83,17 @@ def sysfs_facts(hid_sys_path: str | Path, sys_root: Path = Path("/sys")) -> Devi
         log.debug("%s: no report descriptor (%s)", hid_sys_path, e)
         descriptor = b""
     return descriptor_facts(descriptor, interface)
+
+
+def report_sizes(descriptor: bytes) -> tuple[int, int, int]:
+    """The largest input, output and feature report of a descriptor, in bytes with the report
+    ID (0: none, or a descriptor not understood). What a BPF program's requests may carry."""
+    try:
+        rd = parse(descriptor)
+    except DescriptorError:
+        return 0, 0, 0
+    sizes = []
+    for kind in (ReportKind.INPUT, ReportKind.OUTPUT, ReportKind.FEATURE):
+        lengths = [rd.report_length(i, kind) for i in rd.report_ids(kind)]
+        sizes.append(max(lengths, default=0))
+    return sizes[0], sizes[1], sizes[2]

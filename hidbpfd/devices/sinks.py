@@ -84,6 +84,9 @@ class _Op:
     report_id: int = 0
     length: int = 0
     reply: ReplyFn | None = None
+    fn: Callable[[], int] | None = None
+    """A ``call``: the blocking work (a BPF program's callback), run by the worker."""
+    on_result: Callable[[int], None] | None = None
 
 
 class DeviceIO:
@@ -150,6 +153,22 @@ class DeviceIO:
         except asyncio.QueueFull:
             self._fail(op.origin, op.kind, f"{QUEUE_MAX} operations already queued; dropped")
 
+    def output(self, data: bytes, origin: str) -> None:
+        """Queue an output report (the BPF programs' requests; policies go through
+        :class:`RoutingSink`)."""
+        self.submit(_Op("output", data, origin))
+
+    def set_feature(self, data: bytes, origin: str) -> None:
+        """Queue a SET_FEATURE."""
+        self.submit(_Op("feature", data, origin))
+
+    def call(self, fn: Callable[[], int], origin: str, on_result: Callable[[int], None]) -> None:
+        """Queue blocking work that talks to the device (a BPF program's sleepable callback,
+        run by BPF_PROG_RUN): in order with this device's output and feature reports, off
+        the loop, with the same timeout. ``on_result`` gets its return value on the loop;
+        an OSError it raises is reported like a failed write."""
+        self.submit(_Op("call", b"", origin, fn=fn, on_result=on_result))
+
     # --- the worker ---
 
     async def _run(self) -> None:
@@ -201,6 +220,8 @@ class DeviceIO:
                 )
             elif op.reply:
                 op.reply(result, "")
+            elif op.on_result is not None and isinstance(result, int):
+                op.on_result(result)
 
     def _ensure_open(self) -> ReportIO:
         """The report node, opened on first use (in an executor thread)."""
@@ -219,7 +240,9 @@ class DeviceIO:
         rio.close()
         raise DeviceGone(self.device.key, errno.ENODEV, "open", "closed while opening")
 
-    def _do(self, op: _Op) -> bytes | None:
+    def _do(self, op: _Op) -> bytes | int | None:
+        if op.fn is not None:
+            return op.fn()
         rio = self._ensure_open()
         if op.kind == "output":
             rio.output(op.data)

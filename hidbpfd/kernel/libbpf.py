@@ -152,6 +152,8 @@ _PROTOS: Final[dict[str, tuple[object, list[object]]]] = {
     "bpf_program__fd": (_I, [_VP]),
     "bpf_program__attach": (_VP, [_VP]),
     "bpf_map__name": (_CP, [_VP]),
+    "bpf_map__type": (_I, [_VP]),
+    "bpf_object__btf": (_VP, [_VP]),
     "bpf_map__fd": (_I, [_VP]),
     "bpf_map__set_max_entries": (_I, [_VP, _U32]),
     "bpf_map__max_entries": (_U32, [_VP]),
@@ -303,6 +305,11 @@ class Map:
         return self._lib.check(f"bpf_map__fd({self.name})", self._lib.fn("bpf_map__fd")(self._ptr))
 
     @property
+    def type(self) -> int:
+        """``enum bpf_map_type`` of the map definition (BPF_MAP_TYPE_*)."""
+        return int(self._lib.fn("bpf_map__type")(self._ptr))
+
+    @property
     def value_size(self) -> int:
         """``value_size`` of the map definition."""
         return int(self._lib.fn("bpf_map__value_size")(self._ptr))
@@ -430,6 +437,13 @@ class BpfObject:
         buf = ctypes.create_string_buffer(image, len(image))
         ptr = lib.fn("bpf_object__open_mem")(buf, len(image), None)
         return cls(lib, lib.check_ptr("bpf_object__open_mem", ptr), keep=buf)
+
+    @property
+    def btf(self) -> int | None:
+        """The object's own BTF (a ``struct btf *`` for the ``btf__*`` calls), or None."""
+        assert self._ptr is not None, "object closed"
+        ptr = self._lib.fn("bpf_object__btf")(self._ptr)
+        return int(ptr) if ptr else None
 
     def program(self, name: str) -> Program:
         """The program ``name`` (KeyError names the ones there are)."""

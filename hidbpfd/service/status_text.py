@@ -7,10 +7,38 @@ from typing import Any
 _PCTS = ("p50_us", "p90_us", "p99_us", "max_us")
 
 
+def _program_lines(d: dict[str, Any]) -> list[str]:
+    out = []
+    for p in d.get("programs", []):
+        if "error" in p:
+            out.append(f"      program {p['program']}: NOT loaded: {p['error']}")
+            continue
+        if p.get("engine") != "userspace":
+            out.append(
+                f"      program {p['program']}: {p.get('engine')} engine (work in the kernel)"
+            )
+            continue
+        drops = p.get("drops", {})
+        refused = ", ".join(f"{k} {v}" for k, v in p.get("refused", {}).items()) or "none"
+        out.append(
+            f"      program {p['program']}: requests {p['requests']}, held {p['held']}, "
+            f"injected {p['injected']}, output {p['output']}, feature {p['feature']}, "
+            f"calls {p['calls']}, cancelled {p['cancelled']}, errors {p['errors']}, "
+            f"pending {p['pending']}"
+        )
+        out.append(
+            f"        drops: over budget {drops.get('over_budget')}, ring full "
+            f"{drops.get('ring_full')}; refused: {refused}"
+        )
+    return out
+
+
 def _device_lines(d: dict[str, Any]) -> list[str]:
     head = f"  {d['hid_id']} {d['name']!r} ({d['bus']} {d['vendor']}:{d['product']}, {d['hidraw']})"
     refused = [f"      REFUSED {r}" for r in d.get("refused", [])]
     if not d.get("managed"):
+        if d.get("programs"):
+            return [head, *refused, *_program_lines(d)]
         return [head + (": every policy refused" if refused else ": no policy"), *refused]
     hold = "yes" if d["can_hold"] else "no"
     out = [
@@ -20,7 +48,7 @@ def _device_lines(d: dict[str, Any]) -> list[str]:
     ]
     out += [f"      policy {p}" for p in d.get("policies", [])] + refused
     out.append("      " + ", ".join(f"{k} {v}" for k, v in d.get("counters", {}).items()))
-    return out
+    return out + _program_lines(d)
 
 
 def render_status(st: dict[str, Any]) -> str:
@@ -54,6 +82,9 @@ _ARROW = {
     "cancel": "  cancel",
     "timer": "  timer",
     "error": "! error",
+    "request": "  request",
+    "call": "→ call",
+    "refused": "! refused",
 }
 
 
