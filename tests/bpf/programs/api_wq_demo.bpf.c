@@ -1,0 +1,92 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * api_wq_demo.bpf.c - a HID-BPF program written with <hidbpfd/api.h>, built with
+ * -DHIDBPFD_ENGINE_KERNEL by tests/bpf/api_wq_build.py and run on uhid devices by
+ * tests/device/test_api_wq.py (the vendor device of tests/device/conftest.py: input report
+ * 1 with 4 bytes, output report 0x10 with 5, feature report 5 with 2).
+ *
+ * Input report 01 S A B C, by its status byte S:
+ *   00  a pen "out of proximity", not to be trusted: held A*10 ms under key 1, then
+ *       re-injected unless the pen is back in range first
+ *   20  in range: cancels the held out-of-proximity report
+ *   0f  the device woke up: an output report (10 a1 a2 a3 a4 a5), the feature report
+ *       05 A B set, then after 10 ms the callback `readback` reads feature 5 back and
+ *       injects 01 ca X Y M (X Y: what it read, M: 1 if it is A B)
+ *   30  a macro: injects 01 31 00 00 00 now and 01 32 00 00 00 20 ms later
+ * Anything else passes untouched.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include "hid_types.h"
+#include <hidbpfd/api.h>
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define KEY_PROXIMITY	1
+#define KEY_READBACK	2
+
+#define FEATURE_ID	0x05
+#define OUTPUT_ID	0x10
+
+/* Read feature 5 back; tell userspace what came, and whether it is what was set. */
+HIDBPFD_CALLBACK(readback, args)
+{
+	struct hid_bpf_ctx *ctx;
+	__u8 buf[3] = { FEATURE_ID };
+	__u8 rep[5] = { 0x01, 0xca };
+	int n;
+
+	ctx = hid_bpf_allocate_context(args->hid_id);
+	if (!ctx)
+		return 0;
+	n = hid_bpf_hw_request(ctx, buf, sizeof(buf), HID_FEATURE_REPORT, HID_REQ_GET_REPORT);
+	if (n >= 3) {
+		rep[2] = buf[1];
+		rep[3] = buf[2];
+		rep[4] = ((__u64)buf[1] << 8 | buf[2]) == args->arg;
+	} else {
+		rep[2] = 0xee;	/* the read-back failed */
+	}
+	hidbpfd_inject(ctx, rep, sizeof(rep), 0);
+	hid_bpf_release_context(ctx);
+	return 0;
+}
+
+SEC("struct_ops/hid_device_event")
+int BPF_PROG(demo_event, struct hid_bpf_ctx *hctx, enum hid_report_type type, __u64 source)
+{
+	__u8 out[6] = { OUTPUT_ID, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5 };
+	__u8 feature[3] = { FEATURE_ID };
+	__u8 macro[5] = { 0x01, 0x31 };
+	__u8 *data = hid_bpf_get_data(hctx, 0, 5);
+
+	if (!data || type != HID_INPUT_REPORT || data[0] != 0x01)
+		return 0;
+	switch (data[1]) {
+	case 0x00:
+		return hidbpfd_defer(hctx, KEY_PROXIMITY, data[2] * 10);
+	case 0x20:
+		hidbpfd_cancel(hctx, KEY_PROXIMITY);
+		return 0;
+	case 0x0f:
+		feature[1] = data[2];
+		feature[2] = data[3];
+		hidbpfd_output(hctx, out, sizeof(out), 0);
+		hidbpfd_set_feature(hctx, feature, sizeof(feature), 0);
+		hidbpfd_call(hctx, readback, KEY_READBACK, (__u64)data[2] << 8 | data[3], 10);
+		return 0;
+	case 0x30:
+		hidbpfd_inject(hctx, macro, sizeof(macro), 0);
+		macro[1] = 0x32;
+		hidbpfd_inject(hctx, macro, sizeof(macro), 20);
+		return 0;
+	}
+	return 0;
+}
+
+SEC(".struct_ops")
+struct hid_bpf_ops demo_ops = {
+	.hid_id = 0,	/* set by the loader before load */
+	.hid_device_event = (void *)demo_event,
+};

@@ -1,0 +1,159 @@
+"""The in-kernel engine of ``<hidbpfd/api.h>`` (``api_wq.h``) on real uhid devices.
+
+tests/bpf/programs/api_wq_demo.bpf.c (see its header for what each report does) is built with
+``-DHIDBPFD_ENGINE_KERNEL`` against the guest's BTF, loaded with the project's ctypes libbpf
+layer and attached as a HID-BPF struct_ops to a uhid device (a BPF link, ``hid_id`` set in the
+struct_ops data, as ``hidbpfd.kernel.engine`` does). What the program asks for is checked
+where it must show up: input reports on the device's hidraw node, output and feature reports
+as uhid events. No daemon is involved.
+
+Times: a held report must not arrive before its delay (a kernel timer never fires early, so
+this holds however slow the machine); upper bounds are only the tier's LIMIT_S.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from hidbpfd.devices.hidraw import HidrawReader
+from hidbpfd.devices.uhid import UHID_GET_REPORT, UHID_OUTPUT, UHID_SET_REPORT, UhidDevice
+from hidbpfd.kernel import libbpf as lb
+from tests.bpf.api_wq_build import DEMO, build, missing_tools, open_for
+from tests.device.conftest import DeviceFactory, run
+from tests.helpers import LIMIT_S
+
+pytestmark = pytest.mark.device
+
+QUIET_S = 0.3
+"""How long "nothing more arrives" is watched after everything due has arrived."""
+
+
+@pytest.fixture(scope="module")
+def demo_object(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo program, built once for the running kernel."""
+    reason = missing_tools()
+    if reason:
+        pytest.skip(reason)
+    return build(DEMO, tmp_path_factory.mktemp("api_wq"))
+
+
+@contextlib.asynccontextmanager
+async def attached(
+    vendor_device: DeviceFactory, obj: Path
+) -> AsyncIterator[tuple[UhidDevice, HidrawReader]]:
+    """A vendor uhid device with the demo attached, and a reader on its hidraw node."""
+    async with vendor_device() as (dev, node):
+        hid_id = dev.kernel_id()
+        assert hid_id is not None
+        bpf = open_for(obj, "demo_ops", hid_id)
+        try:
+            with lb.capture_log(quiet=True) as lines:
+                try:
+                    bpf.load()
+                except lb.BpfError as e:
+                    raise AssertionError("\n".join([str(e), *lines[-40:]])) from e
+            link = bpf.map("demo_ops").attach_struct_ops()
+            try:
+                with HidrawReader(node) as reader:
+                    yield dev, reader
+            finally:
+                link.destroy()
+        finally:
+            bpf.close()
+
+
+async def reports(reader: HidrawReader, n: int) -> list[tuple[int, bytes]]:
+    """The next ``n`` reports on hidraw, then nothing more for QUIET_S."""
+    got = [await reader.read(timeout_s=LIMIT_S) for _ in range(n)]
+    with contextlib.suppress(TimeoutError):
+        extra = await reader.read(timeout_s=QUIET_S)
+        raise AssertionError(f"unexpected report after {[r.hex() for _, r in got]}: {extra}")
+    return got
+
+
+def send(dev: UhidDevice, hex_report: str) -> int:
+    """Send an input report; the time just before it was sent."""
+    t = dev.clock()
+    dev.input(bytes.fromhex(hex_report))
+    return t
+
+
+def test_a_deferred_report_arrives_after_its_delay_and_not_before(
+    vendor_device: DeviceFactory, demo_object: Path
+) -> None:
+    async def body() -> None:
+        async with attached(vendor_device, demo_object) as (dev, reader):
+            sent = send(dev, "01 00 0a 77 00")  # out of proximity, held 100 ms
+            [(t, rep)] = await reports(reader, 1)
+            assert rep == bytes.fromhex("01 00 0a 77 00")  # re-injected once, whole
+            assert t - sent >= 100_000_000, f"arrived {(t - sent) / 1e6:.1f} ms after sending"
+
+    run(body())
+
+
+def test_a_cancel_drops_the_held_report(vendor_device: DeviceFactory, demo_object: Path) -> None:
+    async def body() -> None:
+        async with attached(vendor_device, demo_object) as (dev, reader):
+            send(dev, "01 00 14 01 00")  # held 200 ms
+            send(dev, "01 20 00 02 00")  # in range: cancels it, and passes
+            [(_, rep)] = await reports(reader, 1)
+            assert rep == bytes.fromhex("01 20 00 02 00")
+            await asyncio.sleep(0.3)  # past the held report's delay: still nothing
+            with pytest.raises(TimeoutError):
+                await reader.read(timeout_s=QUIET_S)
+
+    run(body())
+
+
+def test_rearming_a_key_releases_the_older_report_first(
+    vendor_device: DeviceFactory, demo_object: Path
+) -> None:
+    async def body() -> None:
+        async with attached(vendor_device, demo_object) as (dev, reader):
+            send(dev, "01 00 ff aa 00")  # held 2.55 s
+            second = send(dev, "01 00 0a bb 00")  # same key, 100 ms: the first comes out now
+            (t1, r1), (t2, r2) = await reports(reader, 2)
+            assert (r1, r2) == (bytes.fromhex("01 00 ff aa 00"), bytes.fromhex("01 00 0a bb 00"))
+            # the first was released by the re-arm, not by its own 2.55 s timer (it came first)
+            assert t1 <= t2
+            assert t2 - second >= 100_000_000
+
+    run(body())
+
+
+def test_output_feature_and_call_reach_the_device_in_order(
+    vendor_device: DeviceFactory, demo_object: Path
+) -> None:
+    async def body() -> None:
+        async with attached(vendor_device, demo_object) as (dev, reader):
+            send(dev, "01 0f 12 34 00")  # woke up
+            out = await dev.next_event(UHID_OUTPUT, timeout_s=LIMIT_S)
+            assert out.data == bytes.fromhex("10 a1 a2 a3 a4 a5")
+            feat = await dev.next_event(UHID_SET_REPORT, timeout_s=LIMIT_S)
+            assert feat.data == bytes.fromhex("05 12 34")
+            get = await dev.next_event(UHID_GET_REPORT, timeout_s=LIMIT_S)
+            assert get.report_number == 0x05  # the callback reads it back (answered by uhid)
+            # the report passes, then the callback's: what it read, and that it matched
+            (_, r1), (_, r2) = await reports(reader, 2)
+            assert r1 == bytes.fromhex("01 0f 12 34 00")
+            assert r2 == bytes.fromhex("01 ca 12 34 01")
+
+    run(body())
+
+
+def test_injections_run_in_order_now_and_later(
+    vendor_device: DeviceFactory, demo_object: Path
+) -> None:
+    async def body() -> None:
+        async with attached(vendor_device, demo_object) as (dev, reader):
+            sent = send(dev, "01 30 00 00 00")
+            got = await reports(reader, 3)
+            assert [r.hex() for _, r in got] == ["0130000000", "0131000000", "0132000000"]
+            assert got[2][0] - sent >= 20_000_000
+
+    run(body())
