@@ -21,7 +21,13 @@ from pathlib import Path
 import pytest
 
 from hidbpfd.devices.hidraw import HidrawReader
-from hidbpfd.devices.uhid import UHID_GET_REPORT, UHID_OUTPUT, UHID_SET_REPORT, UhidDevice
+from hidbpfd.devices.uhid import (
+    UHID_GET_REPORT,
+    UHID_OUTPUT,
+    UHID_SET_REPORT,
+    UhidDevice,
+    UhidEvent,
+)
 from hidbpfd.kernel import libbpf as lb
 from tests.bpf.api_wq_build import DEMO, build, missing_tools, open_for
 from tests.device.conftest import DeviceFactory, run
@@ -155,5 +161,66 @@ def test_injections_run_in_order_now_and_later(
             got = await reports(reader, 3)
             assert [r.hex() for _, r in got] == ["0130000000", "0131000000", "0132000000"]
             assert got[2][0] - sent >= 20_000_000
+
+    run(body())
+
+
+async def output_and_feature(dev: UhidDevice) -> tuple[UhidEvent, UhidEvent]:
+    """The next OUTPUT and SET_REPORT events, whichever comes first."""
+    seen: dict[int, UhidEvent] = {}
+    while len(seen) < 2:
+        ev = await dev.next_event(UHID_OUTPUT, UHID_SET_REPORT, timeout_s=LIMIT_S)
+        assert ev.type not in seen, f"a second {ev.name}: {ev.data.hex()}"
+        seen[ev.type] = ev
+    return seen[UHID_OUTPUT], seen[UHID_SET_REPORT]
+
+
+def test_keyed_requests_run_when_due(vendor_device: DeviceFactory, demo_object: Path) -> None:
+    async def body() -> None:
+        async with attached(vendor_device, demo_object) as (dev, reader):
+            sent = send(dev, "01 40 05 56 78")  # output, feature, input in 50 ms, keyed
+            out, feat = await output_and_feature(dev)
+            assert out.data == bytes.fromhex("10 b1 b2 b3 b4 b5")
+            assert feat.data == bytes.fromhex("05 56 78")
+            (_, r1), (t2, r2) = await reports(reader, 2)
+            assert (r1, r2) == (bytes.fromhex("01 40 05 56 78"), bytes.fromhex("01 41 56 78 00"))
+            assert min(out.received_ns, feat.received_ns, t2) - sent >= 50_000_000
+
+    run(body())
+
+
+def test_cancel_drops_keyed_requests_and_a_pending_call(
+    vendor_device: DeviceFactory, demo_object: Path
+) -> None:
+    async def body() -> None:
+        async with attached(vendor_device, demo_object) as (dev, reader):
+            sent = send(dev, "01 40 64 56 78")  # keyed output, feature, input in 1 s
+            send(dev, "01 50 64 9a bc")  # feature now, its read-back in 1 s
+            send(dev, "01 41 00 00 00")  # cancels all four
+            feat = await dev.next_event(UHID_SET_REPORT, timeout_s=LIMIT_S)
+            assert feat.data == bytes.fromhex("05 9a bc")  # the unkeyed one, at once
+            got = await reports(reader, 3)
+            assert [r.hex() for _, r in got] == ["0140645678", "0150649abc", "0141000000"]
+            # past their delay: nothing more reached the device
+            await asyncio.sleep(max(0.0, (sent + 1_300_000_000 - dev.clock()) / 1e9))
+            while not dev.events.empty():
+                ev = dev.events.get_nowait()
+                assert ev.type not in (UHID_OUTPUT, UHID_SET_REPORT, UHID_GET_REPORT), ev
+            with pytest.raises(TimeoutError):
+                await reader.read(timeout_s=QUIET_S)
+
+    run(body())
+
+
+def test_a_call_rearmed_runs_once_with_the_new_argument(
+    vendor_device: DeviceFactory, demo_object: Path
+) -> None:
+    async def body() -> None:
+        async with attached(vendor_device, demo_object) as (dev, reader):
+            send(dev, "01 50 64 11 22")  # set 05 11 22, read back in 1 s, expecting 1122
+            send(dev, "01 50 64 33 44")  # set 05 33 44, re-arm: read back expecting 3344
+            got = await reports(reader, 3)
+            # both reports pass, then the one read-back: it saw 33 44 and expected it
+            assert [r.hex() for _, r in got] == ["0150641122", "0150643344", "01ca334401"]
 
     run(body())

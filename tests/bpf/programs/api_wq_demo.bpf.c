@@ -13,6 +13,11 @@
  *       05 A B set, then after 10 ms the callback `readback` reads feature 5 back and
  *       injects 01 ca X Y M (X Y: what it read, M: 1 if it is A B)
  *   30  a macro: injects 01 31 00 00 00 now and 01 32 00 00 00 20 ms later
+ *   40  after A*10 ms, each under its own key (3, 4, 5): the output report 10 b1 b2 b3 b4
+ *       b5, the feature report 05 B C, the input report 01 41 B C 00
+ *   41  cancels keys 3, 4, 5 and the read-back's key
+ *   50  sets the feature report 05 B C now, and reads it back after A*10 ms (`readback`
+ *       with B C as its argument; again before then: re-armed with the new argument)
  * Anything else passes untouched.
  */
 #include "vmlinux.h"
@@ -25,6 +30,9 @@ char LICENSE[] SEC("license") = "GPL";
 
 #define KEY_PROXIMITY	1
 #define KEY_READBACK	2
+#define KEY_OUTPUT	3
+#define KEY_FEATURE	4
+#define KEY_INJECT	5
 
 #define FEATURE_ID	0x05
 #define OUTPUT_ID	0x10
@@ -59,6 +67,7 @@ int BPF_PROG(demo_event, struct hid_bpf_ctx *hctx, enum hid_report_type type, __
 	__u8 out[6] = { OUTPUT_ID, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5 };
 	__u8 feature[3] = { FEATURE_ID };
 	__u8 macro[5] = { 0x01, 0x31 };
+	__u8 out2[6] = { OUTPUT_ID, 0xb1, 0xb2, 0xb3, 0xb4, 0xb5 };
 	__u8 *data = hid_bpf_get_data(hctx, 0, 5);
 
 	if (!data || type != HID_INPUT_REPORT || data[0] != 0x01)
@@ -80,6 +89,29 @@ int BPF_PROG(demo_event, struct hid_bpf_ctx *hctx, enum hid_report_type type, __
 		hidbpfd_inject(hctx, macro, sizeof(macro), 0);
 		macro[1] = 0x32;
 		hidbpfd_inject(hctx, macro, sizeof(macro), 20);
+		return 0;
+	case 0x40:
+		feature[1] = data[3];
+		feature[2] = data[4];
+		macro[1] = 0x41;
+		macro[2] = data[3];
+		macro[3] = data[4];
+		hidbpfd_output_key(hctx, KEY_OUTPUT, out2, sizeof(out2), data[2] * 10);
+		hidbpfd_set_feature_key(hctx, KEY_FEATURE, feature, sizeof(feature), data[2] * 10);
+		hidbpfd_inject_key(hctx, KEY_INJECT, macro, sizeof(macro), data[2] * 10);
+		return 0;
+	case 0x41:
+		hidbpfd_cancel(hctx, KEY_OUTPUT);
+		hidbpfd_cancel(hctx, KEY_FEATURE);
+		hidbpfd_cancel(hctx, KEY_INJECT);
+		hidbpfd_cancel(hctx, KEY_READBACK);
+		return 0;
+	case 0x50:
+		feature[1] = data[3];
+		feature[2] = data[4];
+		hidbpfd_set_feature(hctx, feature, sizeof(feature), 0);
+		hidbpfd_call(hctx, readback, KEY_READBACK, (__u64)data[3] << 8 | data[4],
+			     data[2] * 10);
 		return 0;
 	}
 	return 0;
