@@ -224,3 +224,26 @@ def test_a_call_rearmed_runs_once_with_the_new_argument(
             assert [r.hex() for _, r in got] == ["0150641122", "0150643344", "01ca334401"]
 
     run(body())
+
+
+def test_a_report_that_cannot_be_held_passes_at_once(
+    vendor_device: DeviceFactory, demo_object: Path
+) -> None:
+    """HIDBPFD_POOL_MAX (32) reports held under as many keys fill the device's pool: the next
+    one cannot be held and passes at once; the 32 held ones all come out after their delay."""
+
+    async def body() -> None:
+        async with attached(vendor_device, demo_object) as (dev, reader):
+            sent = [send(dev, f"01 01 64 {i:02x} 00") for i in range(33)]  # each held 1 s
+            # the last one first: held, it would have come out last
+            _, first = await reader.read(timeout_s=LIMIT_S)
+            assert first == bytes.fromhex("01 01 64 20 00")
+            held = await reports(reader, 32)
+            assert sorted(r for _, r in held) == [bytes([1, 1, 0x64, i, 0]) for i in range(32)]
+            assert min(t for t, _ in held) - sent[0] >= 1_000_000_000
+            # the pool is free again: the next one is held
+            again = send(dev, "01 01 0a 40 00")
+            [(t, rep)] = await reports(reader, 1)
+            assert rep == bytes.fromhex("01 01 0a 40 00") and t - again >= 100_000_000
+
+    run(body())

@@ -9,6 +9,7 @@
  *   00  a pen "out of proximity", not to be trusted: held A*10 ms under key 1, then
  *       re-injected unless the pen is back in range first
  *   20  in range: cancels the held out-of-proximity report
+ *   01  held A*10 ms under key 0x100 + B (many at once: the pool's limit)
  *   0f  the device woke up: an output report (10 a1 a2 a3 a4 a5), the feature report
  *       05 A B set, then after 10 ms the callback `readback` reads feature 5 back and
  *       injects 01 ca X Y M (X Y: what it read, M: 1 if it is A B)
@@ -75,6 +76,8 @@ int BPF_PROG(demo_event, struct hid_bpf_ctx *hctx, enum hid_report_type type, __
 	switch (data[1]) {
 	case 0x00:
 		return hidbpfd_defer(hctx, KEY_PROXIMITY, data[2] * 10);
+	case 0x01:
+		return hidbpfd_defer(hctx, 0x100 + data[3], data[2] * 10);
 	case 0x20:
 		hidbpfd_cancel(hctx, KEY_PROXIMITY);
 		return 0;
