@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,10 +52,11 @@ def demo_object(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @contextlib.asynccontextmanager
 async def attached(
-    vendor_device: DeviceFactory, obj: Path
+    vendor_device: DeviceFactory, obj: Path, **kwargs: Any
 ) -> AsyncIterator[tuple[UhidDevice, HidrawReader]]:
-    """A vendor uhid device with the demo attached, and a reader on its hidraw node."""
-    async with vendor_device() as (dev, node):
+    """A vendor uhid device (``kwargs`` for UhidDevice) with the demo attached, and a reader
+    on its hidraw node."""
+    async with vendor_device(**kwargs) as (dev, node):
         hid_id = dev.kernel_id()
         assert hid_id is not None
         bpf = open_for(obj, "demo_ops", hid_id)
@@ -245,5 +248,45 @@ def test_a_report_that_cannot_be_held_passes_at_once(
             again = send(dev, "01 01 0a 40 00")
             [(t, rep)] = await reports(reader, 1)
             assert rep == bytes.fromhex("01 01 0a 40 00") and t - again >= 100_000_000
+
+    run(body())
+
+
+def test_a_call_retries_itself_until_the_read_back_matches(
+    vendor_device: DeviceFactory, demo_object: Path
+) -> None:
+    """The device answers the first read-back wrong: the callback sets the feature again and
+    schedules itself again (hidbpfd_call from its own body), and the second read-back
+    matches. Everything reaches the device in the order it was asked for."""
+    wrong = [bytes.fromhex("05 00 00")]
+
+    def get_report(ev: UhidEvent) -> bytes | int:
+        if wrong:
+            return wrong.pop()
+        return owner[0].reports.get((ev.report_type, ev.report_number), errno.EIO)
+
+    owner: list[UhidDevice] = []
+
+    async def body() -> None:
+        async with attached(vendor_device, demo_object, get_report=get_report) as (dev, reader):
+            owner.append(dev)
+            send(dev, "01 0f 12 34 00")
+            seen = []
+            while len(seen) < 5:
+                ev = await dev.next_event(
+                    UHID_OUTPUT, UHID_SET_REPORT, UHID_GET_REPORT, timeout_s=LIMIT_S
+                )
+                seen.append((ev.name, ev.data.hex()))
+            assert [name for name, _ in seen] == [
+                "OUTPUT",
+                "SET_REPORT",
+                "GET_REPORT",  # answered 05 00 00
+                "SET_REPORT",  # the retry sets it again
+                "GET_REPORT",  # answered 05 12 34
+            ]
+            assert seen[3][1] == "051234"
+            (_, r1), (_, r2) = await reports(reader, 2)
+            assert r1 == bytes.fromhex("01 0f 12 34 00")
+            assert r2 == bytes.fromhex("01 ca 12 34 11")  # matched, after one retry
 
     run(body())

@@ -12,7 +12,8 @@
  *   01  held A*10 ms under key 0x100 + B (many at once: the pool's limit)
  *   0f  the device woke up: an output report (10 a1 a2 a3 a4 a5), the feature report
  *       05 A B set, then after 10 ms the callback `readback` reads feature 5 back and
- *       injects 01 ca X Y M (X Y: what it read, M: 1 if it is A B)
+ *       injects 01 ca X Y M (X Y: what it read, M: 1 if it is A B; it retries twice on a
+ *       mismatch, M then carries the retries in its high nibble)
  *   30  a macro: injects 01 31 00 00 00 now and 01 32 00 00 00 20 ms later
  *   40  after A*10 ms, each under its own key (3, 4, 5): the output report 10 b1 b2 b3 b4
  *       b5, the feature report 05 B C, the input report 01 41 B C 00
@@ -38,25 +39,39 @@ char LICENSE[] SEC("license") = "GPL";
 #define FEATURE_ID	0x05
 #define OUTPUT_ID	0x10
 
-/* Read feature 5 back; tell userspace what came, and whether it is what was set. */
+/*
+ * Read feature 5 back and compare it with what was set (arg: A << 8 | B, the attempt number
+ * above that). On a mismatch, set it again and read it back 10 ms later, twice at most; then
+ * tell userspace what came, whether it matched, and after how many retries: 01 ca X Y (M | R << 4).
+ */
 HIDBPFD_CALLBACK(readback, args)
 {
+	__u64 want = args->arg & 0xffff, attempt = args->arg >> 16;
 	struct hid_bpf_ctx *ctx;
 	__u8 buf[3] = { FEATURE_ID };
 	__u8 rep[5] = { 0x01, 0xca };
-	int n;
+	int n, match;
 
 	ctx = hid_bpf_allocate_context(args->hid_id);
 	if (!ctx)
 		return 0;
 	n = hid_bpf_hw_request(ctx, buf, sizeof(buf), HID_FEATURE_REPORT, HID_REQ_GET_REPORT);
+	match = n >= 3 && ((__u64)buf[1] << 8 | buf[2]) == want;
+	if (!match && attempt < 2) {
+		buf[1] = want >> 8;
+		buf[2] = want & 0xff;
+		hidbpfd_set_feature(ctx, buf, sizeof(buf), 0);
+		hidbpfd_call(ctx, readback, args->key, (attempt + 1) << 16 | want, 10);
+		hid_bpf_release_context(ctx);
+		return 0;
+	}
 	if (n >= 3) {
 		rep[2] = buf[1];
 		rep[3] = buf[2];
-		rep[4] = ((__u64)buf[1] << 8 | buf[2]) == args->arg;
 	} else {
 		rep[2] = 0xee;	/* the read-back failed */
 	}
+	rep[4] = match | attempt << 4;
 	hidbpfd_inject(ctx, rep, sizeof(rep), 0);
 	hid_bpf_release_context(ctx);
 	return 0;
