@@ -19,7 +19,7 @@ import pytest
 
 from hidbpfd.devices.uhid import UHID_FEATURE_REPORT, UhidEvent
 from hidbpfd.kernel import libbpf as lb
-from hidbpfd.kernel.compile import INCLUDE_DIR, compile_program
+from hidbpfd.kernel.compile import compile_program
 from hidbpfd.replay.live import LiveSession, settle_udev
 from hidbpfd.replay.recording import RecordedDevice
 from hidbpfd.replay.recording import load as load_rec
@@ -45,26 +45,12 @@ def expected(name: str) -> list[TraceLine]:
     return [TraceLine(d["t"], d["kind"], d["data"], "") for d in map(json.loads, lines)]
 
 
-def api_wq_dir() -> Path | None:
-    """Where api_wq.h (the kernel engine of the API) is: in the package, or (to try a branch
-    not merged yet) in $HIDBPFD_API_WQ_DIR."""
-    if (INCLUDE_DIR / "hidbpfd" / "api_wq.h").exists():
-        return INCLUDE_DIR / "hidbpfd"
-    env = os.environ.get("HIDBPFD_API_WQ_DIR")
-    return Path(env) if env and (Path(env) / "api_wq.h").exists() else None
-
-
 def build(tmp_path: Path, name: str, engine: str = "userspace", *defines: str) -> Path:
     """A config dir with the example's policy file and its object, built here."""
     cfg = tmp_path / "config"
     cfg.mkdir(exist_ok=True)
     shutil.copy(PROGRAMS / EXAMPLES[name], cfg)
     extra = list(defines)
-    if engine == "kernel":
-        wq = api_wq_dir()
-        if wq is None:
-            pytest.skip("no include/hidbpfd/api_wq.h (the kernel engine of the API) here")
-        extra += ["-I", str(wq)]
     compile_program(
         PROGRAMS / f"{name}.bpf.c",
         cfg / f"{name}.bpf.o",
