@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +91,10 @@ async def play(name: str, cfg: Path, **uhid: Any) -> tuple[list[TraceLine], floa
 
 def readers(lines: list[TraceLine]) -> list[TraceLine]:
     """``pass`` and ``inject`` as one kind, ``read`` (what readers saw, in order): the kernel
-    engine tells the daemon nothing, so which reports were held cannot be told apart."""
+    engine tells the daemon nothing, so which reports were held cannot be told apart. The
+    original kind is kept in ``policy``."""
     return [
-        TraceLine(x.t, "read" if x.kind in ("pass", "inject") else x.kind, x.data, x.device)
+        TraceLine(x.t, "read" if x.kind in ("pass", "inject") else x.kind, x.data, x.device, x.kind)
         for x in lines
     ]
 
@@ -111,20 +113,43 @@ def check(name: str, real: list[TraceLine], lag: float, *, merge: bool = False) 
         assert worst <= TOLERANCE_S + lag, "\n".join(late)
 
 
+LOCK_WINDOW_S = 0.01  # a device report this close to an injection may meet its lock
+
+
 def check_merged(want: list[TraceLine], real: list[TraceLine], lag: float) -> None:
     """Reports as readers saw them, passed and injected alike (the kernel engine): the same
     reports, each within the tolerance of its expected time. Order is not compared by itself:
     macro-key's device sends its release 2 ms after the trigger whose sequence the engine
-    injects from a workqueue, and which of the two a reader sees first is the scheduler's."""
+    injects from a workqueue, and which of the two a reader sees first is the scheduler's.
+
+    One loss is accepted, and counted: a device report that hid-core dropped because the
+    engine's injection held the device's input lock at that moment (hid_input_report takes
+    driver_input_lock with down_trylock and returns -EBUSY, for a real device as for uhid; see
+    lock_drops in test_kernel_engine.py). Only a passed report expected within
+    LOCK_WINDOW_S of an injection may be missing, and no injection."""
     for kind in {x.kind for x in want} | {x.kind for x in real}:
         w = [x for x in want if x.kind == kind]
         r = [x for x in real if x.kind == kind]
-        assert sorted(x.data for x in w) == sorted(x.data for x in r), f"{kind}: {w} != {r}"
-        left = list(r)
-        for x in w:  # each expected report: the earliest observed one with its data
-            y = next(y for y in left if y.data == x.data)
-            left.remove(y)
-            assert abs(y.t - x.t) <= TOLERANCE_S + lag, f"{kind} {x.data} at {y.t}, not {x.t}"
+        unused = list(w)
+        for y in r:  # each observed report: the earliest expected one with its data, in time
+            x = next(
+                (x for x in unused if x.data == y.data and abs(y.t - x.t) <= TOLERANCE_S + lag),
+                None,
+            )
+            assert x is not None, f"{kind} {y.data} at {y.t}: not expected then: {w}"
+            unused.remove(x)
+        # what is left was lost: only a passed report's data, expected near an injection (the
+        # same data may be passed and injected: which of the two was lost cannot be told)
+        near = Counter(
+            x.data
+            for x in w
+            if x.policy == "pass"
+            and any(i.policy == "inject" and abs(i.t - x.t) <= LOCK_WINDOW_S for i in w)
+        )
+        lost = Counter(x.data for x in unused)
+        assert not lost - near, f"{kind}: {sorted(lost.elements())} lost: {r}"
+        if unused:
+            print(f"  {len(unused)} device report(s) dropped by hid-core during an injection")
 
 
 def _pairs(a: list[TraceLine], b: list[TraceLine]) -> list[tuple[TraceLine, TraceLine]]:
