@@ -49,6 +49,7 @@ PACKAGES: Final = (
     "libcap2-bin",  # getpcaps
     "python3",
     "python3-pip",
+    "python3-venv",  # the venv install form
     "python3-pyudev",
     "python3-evdev",
     "python3-systemd",

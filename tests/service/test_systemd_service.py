@@ -33,6 +33,7 @@ from tests.service.conftest import (
     status,
     until,
     wait_for,
+    wheel,
 )
 
 pytestmark = pytest.mark.usefixtures("service")
@@ -281,3 +282,21 @@ def test_uninstall_service_keeps_the_policies() -> None:
         "50-1209__a001-macro-key.toml",
         "50-1209__a002-wakeup-reinit.toml",
     ]
+
+
+def test_a_venv_install_runs_the_same_way() -> None:
+    """The venv form of docs/service.md, after the system-wide one is gone: the unit names
+    the venv's hidbpfd, and it runs and answers."""
+    sh("pip", "uninstall", "-y", "--break-system-packages", "hidbpfd")
+    venv = Path("/opt/hidbpfd")
+    sh("python3", "-m", "venv", "--system-site-packages", str(venv))
+    sh(str(venv / "bin/pip"), "install", str(wheel()), timeout=300)
+    sh(str(venv / "bin/hidbpfd"), "install-service")
+    sh("systemctl", "enable", "--now", "hidbpfd", timeout=300)
+    try:
+        cmdline = Path(f"/proc/{main_pid()}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[1] == b"/opt/hidbpfd/bin/hidbpfd", cmdline
+        assert cmdline[0] == b"/opt/hidbpfd/bin/python3", cmdline
+        until(lambda: sh(str(venv / "bin/hidbpfd"), "status", check=False), "its status")
+    finally:
+        sh(str(venv / "bin/hidbpfd"), "uninstall-service")
