@@ -88,10 +88,12 @@ def test_active_only_after_ready() -> None:
 def restart_and_watch() -> tuple[list[str], list[str], int]:
     """Restart without waiting; the unit's states until active; systemd's lines; the pid."""
     cur = cursor()
+    old_pid = main_pid()
     sh("systemctl", "restart", "--no-block", "hidbpfd")
     states = []
     deadline = time.monotonic() + LIMIT_S
-    while (state := prop("ActiveState")) != "active" or not states:
+    # until the new process is active (the old one may still be "active" for a moment)
+    while (state := prop("ActiveState")) != "active" or main_pid() in (old_pid, 0):
         states.append(state)
         assert state in ("active", "activating", "deactivating", "inactive"), states
         assert time.monotonic() < deadline, f"never active again: {states}"
