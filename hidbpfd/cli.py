@@ -5,6 +5,8 @@
 - ``hidbpfd replay --config PATH [--via-bpf | --device uhid] RECORDING``
 - ``hidbpfd probe``, ``hidbpfd vm [--] CMD...``, ``hidbpfd policies``
 - ``hidbpfd devices [--json]``, ``hidbpfd record [DEVICE...] [-o FILE] [--duration S]``
+- ``hidbpfd install-service [--root DIR] [--dry-run]``,
+  ``hidbpfd uninstall-service [--root DIR] [--dry-run]``
 """
 
 from __future__ import annotations
@@ -377,6 +379,23 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_install_service(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hidbpfd.service.install import InstallError, install, uninstall
+
+    root = Path(args.root).absolute() if args.root else None
+    try:
+        if args.command == "install-service":
+            install(root, dry_run=args.dry_run)
+        else:
+            uninstall(root, dry_run=args.dry_run)
+    except InstallError as e:
+        print(f"hidbpfd {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the docs test)."""
     p = argparse.ArgumentParser(
@@ -543,6 +562,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("probe", help="print, as JSON, what this kernel supports")
     pr.set_defaults(func=_cmd_probe)
+
+    for name, text in (
+        (
+            "install-service",
+            "install the systemd unit, sysusers file and udev rule for this hidbpfd",
+        ),
+        ("uninstall-service", "stop the service and remove what install-service installed"),
+    ):
+        svc = sub.add_parser(name, help=text)
+        svc.add_argument(
+            "--root",
+            metavar="DIR",
+            help="a packager's DESTDIR: the files land under DIR, nothing else changes",
+        )
+        svc.add_argument(
+            "--dry-run", action="store_true", help="print what would be done, change nothing"
+        )
+        svc.set_defaults(func=_cmd_install_service)
 
     v = sub.add_parser("vm", help="run a command in a VM with a HID-capable kernel", add_help=False)
     v.add_argument(

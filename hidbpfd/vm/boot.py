@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import functools
 import os
 import re
 import selectors
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
+from hidbpfd.vm.rootfs import ensure_rootfs
 from hidbpfd.vm.setup import VmAssets, VmError, cache_dir, ensure_setup
 
 KVM_ENV: Final = "HIDBPFD_VM_KVM"
@@ -50,6 +52,11 @@ GUEST_OVERLAID: Final = ("/etc", "/lib", "/home", "/opt", "/srv", "/usr", "/var"
 # Environment the command sees in the guest, besides these prefixes.
 PASSED_ENV: Final = ("PATH", "VIRTUAL_ENV", "PYTHONPATH", "LANG", "LC_ALL", "TERM", "CI")
 PASSED_ENV_PREFIXES: Final = ("HIDBPFD_", "PYTEST_")
+# In the systemd tier these name host paths the guest does not have.
+HOST_ONLY_ENV: Final = ("PATH", "VIRTUAL_ENV", "PYTHONPATH")
+SYSTEMD_GUEST_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SYSTEMD_ENV: Final = "HIDBPFD_VM_SYSTEMD"  # set to 1 for the command in the systemd tier
+SYSTEMD_UP_TIMEOUT_S: Final = 240  # systemctl is-system-running --wait, under emulation
 
 READY_MARKER: Final = "hidbpfd-vm: guest ready"
 TAIL_LINES: Final = 100  # of vng's output, kept for a failure's report (a panic's trace fits)
@@ -71,6 +78,7 @@ class VmArgs:
     memory: str = "2G"
     timeout_s: float | None = None
     rwdirs: tuple[str, ...] = ()
+    systemd: bool = False
 
 
 # --- pure helpers (unit-tested in tests/unit/test_vm_args.py) -------------------------------
@@ -98,6 +106,12 @@ def parse_args(argv: Sequence[str]) -> VmArgs:
         metavar="DIR",
         help="let the guest write DIR on the host (default: guest writes are thrown away)",
     )
+    parser.add_argument(
+        "--systemd",
+        action="store_true",
+        help="boot a Debian 12 system with systemd as PID 1 (built once with mmdebstrap, "
+        "cached) instead of sharing the host's root; CMD runs as root once it is up",
+    )
     parser.add_argument("cmd", nargs=argparse.REMAINDER, help="the command to run in the guest")
     args = parser.parse_args(list(argv))
     cmd = list(args.cmd)
@@ -106,7 +120,11 @@ def parse_args(argv: Sequence[str]) -> VmArgs:
     if not cmd:
         parser.error("no command given; try: hidbpfd vm -- .venv/bin/python -m pytest tests/device")
     return VmArgs(
-        cmd=tuple(cmd), memory=args.memory, timeout_s=args.timeout, rwdirs=tuple(args.rwdir)
+        cmd=tuple(cmd),
+        memory=args.memory,
+        timeout_s=args.timeout,
+        rwdirs=tuple(args.rwdir),
+        systemd=args.systemd,
     )
 
 
@@ -126,18 +144,24 @@ def kvm_usable(
     return hardware and os.access(dev_kvm, os.R_OK | os.W_OK)
 
 
-def guest_env(env: Mapping[str, str], venv: str | None = None) -> dict[str, str]:
+def guest_env(
+    env: Mapping[str, str], venv: str | None = None, *, systemd: bool = False
+) -> dict[str, str]:
     """The part of the host environment that the guest command gets (PATH, VIRTUAL_ENV, ...).
 
     ``venv`` is the virtual environment ``hidbpfd vm`` itself runs from, if any: the guest
     gets it as VIRTUAL_ENV with its ``bin`` first on PATH, as if it had been activated, so
-    ``hidbpfd vm -- pytest`` finds the project's pytest.
+    ``hidbpfd vm -- pytest`` finds the project's pytest. In the systemd tier the guest is
+    another system: nothing of the host's PATH or venv, the guest's own PATH instead.
     """
     passed = {
         key: value
         for key, value in sorted(env.items())
-        if key in PASSED_ENV or key.startswith(PASSED_ENV_PREFIXES)
+        if (key in PASSED_ENV or key.startswith(PASSED_ENV_PREFIXES))
+        and not (systemd and key in HOST_ONLY_ENV)
     }
+    if systemd:
+        return {**passed, "PATH": SYSTEMD_GUEST_PATH, SYSTEMD_ENV: "1"}
     if venv and "VIRTUAL_ENV" not in passed:
         passed["VIRTUAL_ENV"] = venv
         bin_dir = os.path.join(venv, "bin")
@@ -146,17 +170,35 @@ def guest_env(env: Mapping[str, str], venv: str | None = None) -> dict[str, str]
     return passed
 
 
-def guest_script(cmd: Sequence[str], cwd: str, env: Mapping[str, str]) -> str:
+def guest_script(
+    cmd: Sequence[str], cwd: str, env: Mapping[str, str], *, systemd: bool = False
+) -> str:
     """The POSIX shell script virtme-ng runs in the guest: set up, say ready, exec CMD.
 
     Called by :func:`run_in_vm`. The ready line goes to stderr; :func:`run_in_vm` watches for
-    it to tell a guest that never came up from a command that failed.
+    it to tell a guest that never came up from a command that failed. In the systemd tier it
+    runs from virtme-ng's serial getty once systemd is up, and first waits for the boot to
+    finish (``systemctl is-system-running --wait``; failed units are listed, not fatal).
     """
     modules = " ".join(GUEST_MODULES)
     exports = "".join(f"export {key}={shlex.quote(value)}\n" for key, value in env.items())
     fail = f"exit {GUEST_SETUP_FAILED}"
+    wait = ""
+    if systemd:
+        wait = (
+            # the serial console may lose the first bytes written to it
+            "echo; echo\n"
+            f"state=$(timeout {SYSTEMD_UP_TIMEOUT_S} systemctl is-system-running --wait)\n"
+            '[ "$state" = running ] || { echo "hidbpfd-vm: systemd is $state:" >&2;'
+            " systemctl --failed --no-legend --no-pager >&2; }\n"
+            # virtme-ng's init binds a file of its own over /etc/shadow (for its logins):
+            # systemd-sysusers could not replace it ("Device or resource busy")
+            "umount /etc/shadow 2>/dev/null\n"
+            # and a tmpfs over /var/log, hiding the journal systemd-journald writes there
+            "umount /var/log 2>/dev/null\n"
+        )
     return (
-        f"modprobe -a {modules}"
+        f"{wait}modprobe -a {modules}"
         f" || {{ echo 'hidbpfd-vm: modprobe {modules} failed' >&2; {fail}; }}\n"
         "mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf"
         f" || {{ echo 'hidbpfd-vm: cannot mount bpffs' >&2; {fail}; }}\n"
@@ -167,8 +209,10 @@ def guest_script(cmd: Sequence[str], cwd: str, env: Mapping[str, str]) -> str:
         "  udevadm trigger --action=add >/dev/null 2>&1\n"
         "fi\n"
         "udevadm settle --timeout=30 || true\n"
-        f"echo \"{READY_MARKER} after $(cut -d' ' -f1 /proc/uptime) s, kernel $(uname -r)\" >&2\n"
-        f"{exports}"
+        f"echo \"{READY_MARKER} after $(cut -d' ' -f1 /proc/uptime) s, kernel $(uname -r)"
+        + (", systemd $state" if systemd else "")
+        + '" >&2\n'
+        + f"{exports}"
         f"cd {shlex.quote(cwd)} || {fail}\n"
         f"exec {shlex.join(cmd)}\n"
     )
@@ -183,6 +227,7 @@ def vng_command(
     use_kvm: bool,
     rwdirs: Sequence[str] = (),
     verbose: bool = False,
+    rootfs: Path | None = None,
 ) -> list[str]:
     """The ``vng`` invocation that boots ``assets``' kernel and runs the script at ``script_path``.
 
@@ -195,6 +240,11 @@ def vng_command(
     says anything leaves its reason in vng's output, instead of a bare exit code 255.
     ``--force-9p``: virtme-ng would first try a virtiofsd, and Debian 12's (qemu's C one)
     refuses virtme-ng's options, so every boot waited ~3 s for it before falling back to 9p.
+
+    With ``rootfs`` (the systemd tier, :mod:`hidbpfd.vm.rootfs`) the guest boots that ext4
+    image with systemd as PID 1 (``--root-disk --systemd``), writable but through qemu's
+    ``-snapshot`` (the writes go to a temporary file, the image stays as built), with the
+    script's directory and the working directory shared read-only.
     """
     cmd = [
         str(assets.vng),
@@ -211,16 +261,26 @@ def vng_command(
         "hid.ignore_special_drivers=1 "
         # no early-boot test of the timer interrupt: on an overloaded host an emulated vCPU
         # can miss its ticks and the kernel panics ("IO-APIC + timer doesn't work!")
-        "no_timer_check" + ("" if verbose else f" loglevel={QUIET_LOGLEVEL}"),
+        "no_timer_check"
+        + ("" if verbose else f" loglevel={QUIET_LOGLEVEL}")
+        + (" systemd.show_status=false" if rootfs is not None and not verbose else ""),
         "--verbose",
         "--force-9p",
     ]
     if not use_kvm:
         cmd.append("--disable-kvm")
+    if rootfs is not None:
+        cmd += ["--root-disk", str(rootfs), "--root-fstype", "ext4", "--rw"]
+        cmd += ["--qemu-opts=-snapshot", "--systemd", "--rodir", str(script_path.parent)]
     for rwdir in rwdirs:
         cmd += ["--rwdir", os.path.abspath(rwdir)]
     writable = [*GUEST_OVERLAID, *(os.path.abspath(d) for d in rwdirs)]
-    if not any(cwd == d or cwd.startswith(d.rstrip("/") + "/") for d in writable):
+    if rootfs is not None:
+        # virtme-ng's overlay of a host directory does not reach a --root-disk guest: the
+        # working directory is shared read-only there (tests write to their tmp_path)
+        if not any(cwd == d or cwd.startswith(d.rstrip("/") + "/") for d in rwdirs):
+            cmd += ["--rodir", cwd]
+    elif not any(cwd == d or cwd.startswith(d.rstrip("/") + "/") for d in writable):
         cmd += ["--overlay-rwdir", cwd]
     cmd += ["--exec", f"exec /bin/sh {shlex.quote(str(script_path))}"]
     return cmd
@@ -320,7 +380,9 @@ class _OutputPump:
     def _note(self, line: bytes) -> None:
         text = line.decode(errors="replace")
         self.tail.append(text)
-        self.ready = self.ready or text.startswith(READY_MARKER)
+        # "in", not startswith: on a serial console (the systemd tier) a line may come
+        # after control characters
+        self.ready = self.ready or READY_MARKER in text
         if not self.ready and any(m in text for m in KVM_FAILURE_MARKERS):
             self.kvm_failed = True
 
@@ -334,6 +396,7 @@ def run_in_vm(
     rwdirs: Sequence[str] = (),
     boot_timeout_s: float = BOOT_TIMEOUT_S,
     assets: VmAssets | None = None,
+    systemd: bool = False,
 ) -> int:
     """Boot the test kernel, run ``cmd`` in ``cwd`` inside it, return its exit code.
 
@@ -342,9 +405,12 @@ def run_in_vm(
     times (:func:`boot_again`), each failure said on stderr.
     Returns 124 when ``timeout_s`` ran out (the VM is killed), 125 when the guest came up but
     could not load the HID modules, 130 on ^C. Raises :class:`VmError` when set-up fails or
-    the guest never comes up (with the tail of virtme-ng's output).
+    the guest never comes up (with the tail of virtme-ng's output). ``systemd``: the systemd
+    tier (see :func:`vng_command`).
     """
-    assets = assets or ensure_setup(log=lambda m: print(m, file=sys.stderr))
+    say = functools.partial(print, file=sys.stderr)
+    assets = assets or ensure_setup(log=say)
+    rootfs = ensure_rootfs(log=say) if systemd else None
     workdir = os.path.abspath(cwd or os.getcwd())
     use_kvm = kvm_usable()
     verbose = os.environ.get(VERBOSE_ENV) == "1"
@@ -356,7 +422,8 @@ def run_in_vm(
     try:
         with os.fdopen(fd, "w") as f:
             venv = sys.prefix if sys.prefix != sys.base_prefix else None
-            f.write(guest_script(cmd, workdir, guest_env(os.environ, venv)))
+            env_in_guest = guest_env(os.environ, venv, systemd=systemd)
+            f.write(guest_script(cmd, workdir, env_in_guest, systemd=systemd))
         argv = vng_command(
             assets,
             script_path,
@@ -365,6 +432,7 @@ def run_in_vm(
             use_kvm=use_kvm,
             rwdirs=rwdirs,
             verbose=verbose,
+            rootfs=rootfs,
         )
         path = f"{assets.scripts_dir}{os.pathsep}{os.environ.get('PATH', '')}"
         env = {**os.environ, "PATH": path}
@@ -510,14 +578,21 @@ def _supervise(
 
 
 def main(argv: list[str]) -> int:
-    """``hidbpfd vm [--memory M] [--timeout S] [--rwdir DIR] [--] CMD...``: CMD's exit code.
+    """``hidbpfd vm [--memory M] [--timeout S] [--rwdir DIR] [--systemd] [--] CMD...``: CMD's
+    exit code.
 
     Called by the ``hidbpfd`` command line (and ``python -m hidbpfd.vm``). Set-up progress and
     errors go to stderr; errors exit 2 without a traceback.
     """
     args = parse_args(argv)
     try:
-        return run_in_vm(args.cmd, memory=args.memory, timeout_s=args.timeout_s, rwdirs=args.rwdirs)
+        return run_in_vm(
+            args.cmd,
+            memory=args.memory,
+            timeout_s=args.timeout_s,
+            rwdirs=args.rwdirs,
+            systemd=args.systemd,
+        )
     except VmError as e:
         print(f"hidbpfd vm: error: {e}", file=sys.stderr)
         return 2

@@ -438,5 +438,9 @@ def ensure_setup(*, log: Callable[[str], None] = print) -> VmAssets:
             state_file.write_text(json.dumps({"release": release, "root": str(root)}) + "\n")
             log(f"hidbpfd vm: kernel {release} ready in {time.monotonic() - started:.0f} s")
     return VmAssets(
-        release=release, kernel_image=image, modules_dir=modules, vng=vng, scripts_dir=scripts
+        release=release,
+        kernel_image=image,
+        modules_dir=modules,
+        vng=vng,
+        scripts_dir=scripts,
     )

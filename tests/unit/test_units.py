@@ -1,5 +1,6 @@
-"""The systemd unit: ``systemd-analyze verify`` is clean and the exposure score of
-``systemd-analyze security --offline=yes`` is 2.0 or lower (docs/service.md states the score)."""
+"""The systemd unit as ``hidbpfd install-service --root`` installs it: ``systemd-analyze
+verify`` is clean and the exposure score of ``systemd-analyze security --offline=yes`` is 2.0
+or lower (docs/service.md states the score)."""
 
 from __future__ import annotations
 
@@ -18,13 +19,13 @@ pytestmark = pytest.mark.skipif(
 
 
 def unit_for_test(tmp_path: Path) -> Path:
-    """The shipped unit with ExecStart pointing at this checkout's hidbpfd (verify checks
-    that the binary exists)."""
+    """The unit installed by this checkout's hidbpfd under ``tmp_path`` (its ExecStart names
+    that hidbpfd, which verify checks is there)."""
     exe = Path(sys.executable).with_name("hidbpfd")
-    text = (ROOT / "units/hidbpfd.service").read_text().replace("/usr/bin/hidbpfd", str(exe))
-    p = tmp_path / "hidbpfd.service"
-    p.write_text(text)
-    return p
+    subprocess.run(
+        [str(exe), "install-service", "--root", str(tmp_path)], check=True, capture_output=True
+    )
+    return tmp_path / "etc/systemd/system/hidbpfd.service"
 
 
 def test_verify_is_clean(tmp_path: Path) -> None:

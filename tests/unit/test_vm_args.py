@@ -460,3 +460,75 @@ def test_supervise_passes_everything_when_verbose(
     )
     assert not out.ready and out.returncode == 255
     assert capfd.readouterr().out == "[    0.000000] Linux version 7\n"
+
+
+# --- the systemd tier (hidbpfd vm --systemd, issue 14) -----------------------------------------
+
+
+def test_parse_args_systemd() -> None:
+    args = parse_args(["--systemd", "--timeout", "600", "--", "python3", "-m", "pytest"])
+    assert args.systemd and args.timeout_s == 600 and args.cmd == ("python3", "-m", "pytest")
+    assert not parse_args(["true"]).systemd
+
+
+def test_vng_command_boots_the_rootfs_with_systemd() -> None:
+    img = Path("/cache/rootfs/debian12-abc.img")
+    cmd = vng_command(
+        _assets(),
+        Path("/cache/run/g.sh"),
+        cwd="/work/main",
+        memory="2G",
+        use_kvm=False,
+        rootfs=img,
+    )
+    assert cmd[cmd.index("--root-disk") + 1] == str(img)
+    assert cmd[cmd.index("--root-fstype") + 1] == "ext4"
+    assert {"--rw", "--systemd", "--qemu-opts=-snapshot"} <= set(cmd)  # writes thrown away
+    rodirs = [cmd[i + 1] for i, w in enumerate(cmd) if w == "--rodir"]
+    assert rodirs == ["/cache/run", "/work/main"]  # the script, and the work tree read-only
+    assert "--overlay-rwdir" not in cmd
+    assert "systemd.show_status=false" in cmd[cmd.index("--append") + 1]
+
+
+def test_guest_env_in_the_systemd_tier_is_the_guests() -> None:
+    env = {"PATH": "/venv/bin:/usr/bin", "VIRTUAL_ENV": "/venv", "HIDBPFD_X": "1", "HOME": "/r"}
+    got = guest_env(env, "/venv", systemd=True)
+    assert got == {
+        "HIDBPFD_X": "1",
+        "HIDBPFD_VM_SYSTEMD": "1",
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    }
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="needs sh")
+def test_guest_script_in_the_systemd_tier_waits_for_the_boot(tmp_path: Path) -> None:
+    text = guest_script(["true"], "/", {}, systemd=True)
+    assert "systemctl is-system-running --wait" in text
+    assert text.index("is-system-running") < text.index("hidbpfd-vm: guest ready")
+    assert "umount /etc/shadow" in text and "umount /var/log" in text
+    script = tmp_path / "guest.sh"
+    script.write_text(text)
+    assert subprocess.run(["sh", "-n", str(script)], check=False).returncode == 0
+
+
+def test_rootfs_key_follows_what_the_image_is_built_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hidbpfd.vm import rootfs
+
+    key = rootfs.rootfs_key("http://deb.debian.org/debian")
+    assert key == rootfs.rootfs_key("http://deb.debian.org/debian")
+    assert key != rootfs.rootfs_key("http://mirror.example/debian")
+    monkeypatch.setattr(rootfs, "PACKAGES", (*rootfs.PACKAGES, "strace"))
+    assert key != rootfs.rootfs_key("http://deb.debian.org/debian")
+
+
+def test_rootfs_customize_masks_the_timers(tmp_path: Path) -> None:
+    from hidbpfd.vm.rootfs import MASKED, customize
+
+    wants = tmp_path / "etc/systemd/system/timers.target.wants"
+    wants.mkdir(parents=True)
+    (wants / "apt-daily.timer").symlink_to("/lib/systemd/system/apt-daily.timer")
+    customize(tmp_path)
+    assert not (wants / "apt-daily.timer").is_symlink()
+    for unit in MASKED:
+        assert os.readlink(tmp_path / "etc/systemd/system" / unit) == "/dev/null"
+    assert (tmp_path / "etc/hostname").read_text() == "hidbpfd-vm\n"
