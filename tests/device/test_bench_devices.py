@@ -44,6 +44,7 @@ def test_bench_quick_reports_both_engines(uhid_available: None, tmp_path: Path) 
         check=False,
     )
     took = time.monotonic() - t0
+    print(res.stderr[-3000:])  # its progress: what each part took
     print(res.stdout)
     print(f"bench --quick took {took:.0f} s")
     assert res.returncode == 0, res.stderr[-3000:]
