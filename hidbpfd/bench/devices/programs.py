@@ -141,7 +141,7 @@ def build_programs(directory: Path, cache: Path) -> dict[str, str]:
         return ""
 
     for engine in ENGINES:
-        (directory / engine).mkdir(exist_ok=True)
+        (directory / engine).mkdir(parents=True, exist_ok=True)
     jobs = [(engine, e) for engine in ENGINES for e in EXAMPLES]
     with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
         errors = list(pool.map(lambda job: (job[0], build(*job)), jobs))
