@@ -145,8 +145,8 @@ def build_programs(directory: Path, cache: Path) -> dict[str, str]:
     jobs = [(engine, e) for engine in ENGINES for e in EXAMPLES]
     with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
         errors = list(pool.map(lambda job: (job[0], build(*job)), jobs))
-    for engine, err in errors:
-        why[engine] = why[engine] or err
+    for engine, failed in errors:
+        why[engine] = why[engine] or failed
     for engine in ENGINES:
         if not why[engine]:
             (directory / program_file_name(engine)).write_text(program_text(engine))
