@@ -113,7 +113,7 @@ def test_sched_cpu_of_this_process_grows(tmp_path: Path) -> None:
     for i in range(300_000):
         x += i
     assert P.sched_cpu_ns(os.getpid()) > before
-    # without schedstat: the clock ticks of /proc/PID/stat
+    # the fallback: the clock ticks of /proc/PID/stat
     fake = tmp_path / "42"
     (fake / "task" / "42").mkdir(parents=True)
     fields = ["S"] + ["0"] * 10 + ["100", "50"] + ["0"] * 30

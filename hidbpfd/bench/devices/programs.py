@@ -10,8 +10,8 @@ engines (``hidbpfd compile``, :func:`hidbpfd.kernel.compile.compile_program`), l
   output report (``output_received``) and, 20 ms later, the deferred call reads feature 5 back
   (``readback_lateness`` = GET_REPORT seen - (trigger + 20 ms)).
 
-Each also reports ``daemon_cpu_per_request``: the daemon's CPU time (``/proc/PID/task/*/
-schedstat``, ns) over the windows that engine's traffic ran in, divided by the requests the
+Each also reports ``daemon_cpu_per_request``: the daemon's CPU time (its CPU-time clock,
+ns) over the windows that engine's traffic ran in, divided by the requests the
 program made (its design: 1 per defer, 2 per macro, 3 per wake-up). The samples run in small
 blocks that alternate between the engines, so each engine's CPU window is its own. For the
 kernel engine the work runs in bpf_wq: what the daemon spends then is its idle cost.
@@ -200,21 +200,23 @@ async def wait_programs(d: DaemonProcess, devs: dict[str, BenchDevice], timeout_
 
 
 def sched_cpu_ns(pid: int, proc: Path = Path("/proc")) -> int:
-    """CPU time of all of ``pid``'s threads in ns (``/proc/PID/task/*/schedstat``, first field),
-    finer than ``stat``'s clock ticks; from ``stat`` where schedstat is missing."""
-    total = 0
-    found = False
-    for task in (proc / str(pid) / "task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-            found = True
-        except (OSError, ValueError, IndexError):
-            continue
-    if not found:
-        from hidbpfd.bench.devices.measure import proc_counters
+    """CPU time of process ``pid`` in ns, exited threads included: its CPU-time clock
+    (``clock_getcpuclockid``), finer than ``/proc/PID/stat``'s clock ticks, which are the
+    fallback (and what is read under another ``proc``, for tests)."""
+    if proc == Path("/proc"):
+        import ctypes
+        import ctypes.util
 
-        return proc_counters(pid, proc).cpu_ns
-    return total
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+            clock = ctypes.c_int()
+            if libc.clock_getcpuclockid(pid, ctypes.byref(clock)) == 0:
+                return time.clock_gettime_ns(clock.value)
+        except (OSError, AttributeError):
+            pass
+    from hidbpfd.bench.devices.measure import proc_counters
+
+    return proc_counters(pid, proc).cpu_ns
 
 
 def blocks(n: int, size: int = BLOCK) -> Iterator[tuple[int, list[str]]]:

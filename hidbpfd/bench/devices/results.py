@@ -44,11 +44,11 @@ NOTES: Final[dict[str, str]] = {
     "ring_drops": "of the reports sent in the bursts (kernel engine: monitor records, not actions)",
     "daemon_cpu_per_report": "daemon CPU over the bursts / reports handled",
     "readback_lateness": f"UHID_GET_REPORT of the deferred call - (trigger + {READBACK_MS} ms)",
-    "daemon_cpu_per_request": "daemon CPU (schedstat) over this engine's windows / requests made",
+    "daemon_cpu_per_request": "daemon CPU (CPU-time clock) in this engine's windows / requests",
 }
 ENGINE_NOTES: Final[dict[tuple[str, str], str]] = {
     ("daemon_cpu_per_request", "kernel"): "the work runs in bpf_wq: the daemon's own cost "
-    "(schedstat) over the same windows / requests made",
+    "(CPU-time clock) over the same windows / requests made",
 }
 
 SCENARIOS: Final = (
