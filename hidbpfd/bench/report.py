@@ -114,7 +114,7 @@ def table(results: Sequence[Result]) -> str:
     for r in results:
         keyed.setdefault((r.scenario, r.metric), {})[r.engine] = r
     head = (
-        f"{'scenario':<10} {'metric':<24} {'unit':<6} {'userspace p50 / p99':>22} "
+        f"{'scenario':<14} {'metric':<24} {'unit':<6} {'userspace p50 / p99':>22} "
         f"{'kernel p50 / p99':>22} {'ratio p50 / p99':>16}"
     )
     lines = [head, "-" * len(head)]
@@ -128,7 +128,7 @@ def table(results: Sequence[Result]) -> str:
         ratio = ""
         if u and k and u.n and k.n and k.p50 and k.p99:
             ratio = f"{u.p50 / k.p50:6.2f} / {u.p99 / k.p99:<6.2f}"
-        lines.append(f"{sc:<10} {metric:<24} {unit:<6} {cell(u):>22} {cell(k):>22} {ratio:>16}")
+        lines.append(f"{sc:<14} {metric:<24} {unit:<6} {cell(u):>22} {cell(k):>22} {ratio:>16}")
     return "\n".join(lines)
 
 

@@ -23,7 +23,14 @@ LATENCY = {
     ("inject", "first_injected"),
     ("inject", "last_injected"),
     ("reinit", "output_received"),
+    # the example programs (config/programs/), built for both engines
+    ("program_defer", "reinject_lateness"),
+    ("program_inject", "first_injected"),
+    ("program_inject", "last_injected"),
+    ("program_reinit", "output_received"),
+    ("program_reinit", "readback_lateness"),
 }
+PROGRAM_SCENARIOS = {"program_defer", "program_inject", "program_reinit"}
 
 
 def test_bench_quick_reports_both_engines(uhid_available: None, tmp_path: Path) -> None:
@@ -37,6 +44,7 @@ def test_bench_quick_reports_both_engines(uhid_available: None, tmp_path: Path) 
         check=False,
     )
     took = time.monotonic() - t0
+    print(res.stderr[-3000:])  # its progress: what each part took
     print(res.stdout)
     print(f"bench --quick took {took:.0f} s")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -53,6 +61,12 @@ def test_bench_quick_reports_both_engines(uhid_available: None, tmp_path: Path) 
             r = by[(sc, metric, engine)]
             assert r["unit"] == "us" and r["n"] > 0, r
             assert r["p50"] <= r["p90"] <= r["p99"] <= r["p999"] <= r["max"]
+    assert set(SCENARIOS) >= PROGRAM_SCENARIOS
+    for sc in PROGRAM_SCENARIOS:
+        for engine in ("userspace", "kernel"):
+            # measured, not judged: a CPU time per request, >= 0 (the kernel engine's ~0)
+            r = by[(sc, "daemon_cpu_per_request", engine)]
+            assert r["unit"] == "us" and r["n"] == 1 and r["p50"] >= 0, r
     for engine in ("userspace", "kernel"):
         assert by[("unmatched", "sent_rate", engine)]["n"] == 1
         assert by[("unmatched", "daemon_wakeups", engine)]["unit"] == "per_s"

@@ -114,6 +114,7 @@ PARTS = {
         "device",
         "latency",
         "load",
+        "programs",
         "results",
         "plotting",
         "runner",

@@ -12,6 +12,10 @@ uhid hands it an output report. Scenarios:
 - ``inject``: a trigger becomes two reports 2 ms apart: ``first_injected`` / ``last_injected``
   = read on hidraw - trigger written;
 - ``reinit``: a trigger makes the device receive an output report: ``output_received``;
+- ``program_defer`` / ``program_inject`` / ``program_reinit``: the example HID-BPF programs of
+  ``config/programs/`` built for both engines, on their own uhid devices, the same traffic:
+  lateness and latency as above, the deferred call's read-back, and the daemon's CPU per
+  request (:mod:`.programs`);
 - ``unmatched``: an 8 kHz stream of reports no rule matches: the daemon's wake-ups (voluntary
   context switches of all its threads) and CPU time (``/proc/PID``) during the stream and during
   as long an idle window, and the BPF event program's run time per report
@@ -27,8 +31,8 @@ absolute numbers are not representative; the ratios and the wake-up counts are w
 
 The parts: :mod:`.plan` (devices, policies, trigger reports), :mod:`.device` (the uhid devices),
 :mod:`.daemon_process` (the daemon under test), :mod:`.measure` (/proc and BPF statistics),
-:mod:`.latency` and :mod:`.load` (the scenario families), :mod:`.results` (the rows),
-:mod:`.runner` (one run), :mod:`.plotting` (``--plot`` in the VM).
+:mod:`.latency`, :mod:`.load` and :mod:`.programs` (the scenario families), :mod:`.results`
+(the rows), :mod:`.runner` (one run), :mod:`.plotting` (``--plot`` in the VM).
 """
 
 from hidbpfd.bench.devices.daemon_process import DaemonProcess

@@ -61,17 +61,22 @@ class BenchDevice:
             self.reader = None
 
 
-async def create_device(engine: str) -> BenchDevice:
+async def create_device(
+    engine: str, *, product: int = 0, descriptor: bytes = DESCRIPTOR, label: str = ""
+) -> BenchDevice:
+    """``engine``'s uhid device (the policies' one; ``product``, ``descriptor`` and ``label``
+    for another, e.g. the example programs')."""
     from hidbpfd.devices.uhid import BUS_USB, UhidDevice
 
+    what = f"{label} {engine}" if label else engine
     dev = UhidDevice()
     dev.create(
-        f"hidbpfd bench {engine}",
-        DESCRIPTOR,
+        f"hidbpfd bench {what}",
+        descriptor,
         BUS_USB,
         VENDOR,
-        PRODUCTS[engine],
-        phys=f"hidbpfd-bench/{os.getpid()}/{engine}",
+        product or PRODUCTS[engine],
+        phys=f"hidbpfd-bench/{os.getpid()}/{what.replace(' ', '-')}",
     )
     bd = BenchDevice(engine, dev)
     await dev.wait_started(timeout_s=30)

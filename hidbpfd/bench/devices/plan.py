@@ -54,6 +54,8 @@ class Plan:
     rate_s: float
     gap_ms: tuple[float, float] = (3.0, 8.0)
     load_rate: int = LOAD_RATE
+    programs: int = 0
+    """triggers of each example program (per engine)"""
 
 
 def plan(*, quick: bool = False, samples: int | None = None) -> Plan:
@@ -61,11 +63,19 @@ def plan(*, quick: bool = False, samples: int | None = None) -> Plan:
     (tests)."""
     if samples is not None:
         n = max(1, samples)
-        return Plan({ms: n for ms in DEFER_DELAYS_MS}, n, n, 0.5, (1000, 4000), 0.25)
+        return Plan({ms: n for ms in DEFER_DELAYS_MS}, n, n, 0.5, (1000, 4000), 0.25, programs=n)
     if quick:
-        return Plan({1: 50, 10: 50, 50: 20}, 40, 40, 1.5, (1000, 2000, 4000, 8000), 0.5)
+        return Plan(
+            {1: 50, 10: 50, 50: 20}, 40, 40, 1.5, (1000, 2000, 4000, 8000), 0.5, programs=20
+        )
     return Plan(
-        {1: 300, 10: 300, 50: 100}, 200, 200, 5.0, (1000, 2000, 4000, 8000, 16000, 32000), 2.0
+        {1: 300, 10: 300, 50: 100},
+        200,
+        200,
+        5.0,
+        (1000, 2000, 4000, 8000, 16000, 32000),
+        2.0,
+        programs=100,
     )
 
 

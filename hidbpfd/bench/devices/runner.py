@@ -8,6 +8,7 @@ import contextlib
 import os
 import random
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,13 @@ from hidbpfd.bench.devices.latency import run_defer, run_inject, run_reinit
 from hidbpfd.bench.devices.load import run_throughput, run_unmatched
 from hidbpfd.bench.devices.measure import BpfStats
 from hidbpfd.bench.devices.plan import ENGINES, BenchUnavailable, plan, policy_files
+from hidbpfd.bench.devices.programs import (
+    EXAMPLES,
+    build_programs,
+    create_program_device,
+    run_programs,
+    wait_programs,
+)
 from hidbpfd.bench.devices.results import expected_rows, results
 from hidbpfd.bench.report import Result
 
@@ -49,17 +57,31 @@ async def run(
         cfg = work / "devices.d"
         cfg.mkdir()
         policy_files(cfg)
+        not_built: dict[str, str] = {}
+        if p.programs:
+            t_build = time.monotonic()
+            not_built = build_programs(cfg, work / "cache")
+            progress(
+                f"example programs built for both engines in {time.monotonic() - t_build:.1f} s"
+            )
         progress("starting the daemon (hidbpfd run) with a userspace and a kernel-engine file")
         d = DaemonProcess(cfg, work)
         stack.callback(d.stop)
         await d.wait_ready()
         devs: dict[str, BenchDevice] = {}
+        progs: dict[str, BenchDevice] = {}
         try:
             for engine in ENGINES:
                 devs[engine] = await create_device(engine)
+            if p.programs:
+                for engine in ENGINES:
+                    progs[engine] = await create_program_device(engine)
+                    progs[engine].note = not_built.get(engine, "")
             progress("waiting for the daemon to take both uhid devices on")
             await wait_managed(d, devs, 90.0)
-            for bd in devs.values():
+            if progs:
+                await wait_programs(d, progs, 90.0)
+            for bd in (*devs.values(), *progs.values()):
                 if bd.note:
                     progress(f"{bd.engine}: {bd.note}")
             stats: BpfStats | None = None
@@ -68,8 +90,9 @@ async def run(
             except OSError as e:
                 progress(f"no BPF run-time statistics: {e}")
             try:
-                for bd in devs.values():
-                    bd.open_reader()
+                for bd in (*devs.values(), *progs.values()):
+                    if not bd.note:
+                        bd.open_reader()
                 await asyncio.sleep(0.2)
                 progress("defer: " + ", ".join(f"{ms} ms x {n}" for ms, n in p.defer.items()))
                 await run_defer(devs, p, rng)
@@ -77,7 +100,13 @@ async def run(
                 await run_inject(devs, p, rng)
                 progress(f"reinit: {p.reinit} triggers")
                 await run_reinit(devs, p, rng)
-                for bd in devs.values():
+                if progs:
+                    names = ", ".join(e.source for e in EXAMPLES)
+                    progress(f"programs: {p.programs} triggers each ({names})")
+                    t_progs = time.monotonic()
+                    await run_programs(progs, d, p, rng)
+                    progress(f"programs: took {time.monotonic() - t_progs:.1f} s")
+                for bd in (*devs.values(), *progs.values()):
                     bd.close_reader()
                 progress(f"unmatched: {p.load_rate} reports/s for {p.load_s:g} s, and idle")
                 await run_unmatched(devs, d, p, stats)
@@ -88,7 +117,7 @@ async def run(
                 if stats is not None:
                     stats.close()
         finally:
-            for bd in devs.values():
+            for bd in (*devs.values(), *progs.values()):
                 bd.close_reader()
                 bd.uhid.destroy()
-    return results(devs, expected_rows(p, stats is not None))
+    return results(devs, expected_rows(p, stats is not None), progs)
