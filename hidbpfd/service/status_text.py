@@ -10,6 +10,8 @@ _PCTS = ("p50_us", "p90_us", "p99_us", "max_us")
 def _program_lines(d: dict[str, Any]) -> list[str]:
     out = []
     for p in d.get("programs", []):
+        if "pinned" in p:
+            out.append(f"      program {p['program']}: {p['loader']} ({p['pinned']})")
         if "error" in p:
             out.append(f"      program {p['program']}: NOT loaded: {p['error']}")
             continue
