@@ -4,8 +4,9 @@
 
 Opens OBJ, writes the device's hid_id into its ``hid_bpf_ops`` struct_ops, loads it, registers
 the struct_ops through a BPF link, and pins the link and every map under
-``ROOT/SYSNAME/<object>/`` (``<object>``: OBJ's name without ``.bpf.o``) — the layout
-udev-hid-bpf uses under /sys/fs/bpf/hid. Then it exits: the pinned link keeps the program
+``ROOT/<device>/<object>/`` — the layout udev-hid-bpf uses under /sys/fs/bpf/hid: ``<device>``
+is SYSNAME with ``:`` and ``.`` made ``_`` (a bpffs takes no dots), ``<object>`` OBJ's name
+without ``.bpf.o``, dots made ``_``. Then it exits: the pinned link keeps the program
 attached, the pinned maps keep its request ring reachable. Prints the pin directory.
 """
 
@@ -32,8 +33,8 @@ def main(obj_path: str, sysname: str, root: str) -> int:
     obj.map(ops).set_map_flags(lb.BPF_F_LINK)
     obj.load()
     link = obj.map(ops).attach_struct_ops()
-    name = Path(obj_path).name.removesuffix(".bpf.o")
-    d = Path(root) / sysname / name
+    name = Path(obj_path).name.removesuffix(".bpf.o").replace(".", "_")
+    d = Path(root) / sysname.replace(":", "_").replace(".", "_") / name
     d.mkdir(parents=True, exist_ok=True)
     lb.obj_pin(link.fd, str(d / ops))
     for mname, m in obj.maps.items():

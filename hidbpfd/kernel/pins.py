@@ -1,5 +1,8 @@
 """Programs loaded by another loader (udev-hid-bpf and the like): their maps pinned in a bpffs
-as ``ROOT/<device sysname>/<object>/<map>`` (``/sys/fs/bpf/hid/0003:28BD:0905.0001/pen/...``).
+as ``ROOT/<device>/<object>/<map>``. A bpffs refuses names with a dot (EPERM), so ``<device>``
+is the device's sysname with ``:`` and ``.`` made ``_``, as udev-hid-bpf names it
+(``0003:28BD:0905.0001`` -> ``/sys/fs/bpf/hid/0003_28BD_0905_0001/pen/hidbpfd_requests``); the
+sysname itself is looked for too (a root on another file system).
 
 :func:`scan` finds, for one device, every object directory holding the request ring of
 ``<hidbpfd/api.h>`` (``hidbpfd_requests``); :class:`PinnedInstance` opens those maps with
@@ -31,6 +34,8 @@ log = logging.getLogger("hidbpfd.kernel.pins")
 DEFAULT_ROOT: Final = "/sys/fs/bpf/hid"
 SYSNAME: Final = re.compile(r"^[0-9A-F]{4}:[0-9A-F]{4}:[0-9A-F]{4}\.([0-9A-F]{4,})$")
 """A HID device's sysname, ``BUS:VENDOR:PRODUCT.ID`` (hex); the last part is its hid_id."""
+PIN_NAME: Final = re.compile(r"^[0-9A-F]{4}_[0-9A-F]{4}_[0-9A-F]{4}_([0-9A-F]{4,})$")
+"""The same as a bpffs directory name: ``BUS_VENDOR_PRODUCT_ID``."""
 MAPS: Final = (rq.REQUESTS_MAP, rq.STATE_MAP, rq.KEYS_MAP, rq.PASSING_MAP)
 """What an object must have pinned to be served (all declared by <hidbpfd/api.h>)."""
 NOT_SERVED: Final = "pinned without the maps of this hidbpfd's <hidbpfd/api.h>"
@@ -40,10 +45,16 @@ NO_CALLBACKS: Final = (
 
 
 def hid_id_of(sysname: str) -> int | None:
-    """The kernel's hid_id of a device sysname (``0003:28BD:0905.000A`` -> 10), or None if
-    ``sysname`` is not one."""
-    m = SYSNAME.match(sysname)
+    """The kernel's hid_id of a device sysname or its pin directory name
+    (``0003:28BD:0905.000A`` or ``0003_28BD_0905_000A`` -> 10), or None if it is neither."""
+    m = SYSNAME.match(sysname) or PIN_NAME.match(sysname)
     return int(m.group(1), 16) if m else None
+
+
+def pin_name(sysname: str) -> str:
+    """The directory a loader pins a device's objects in: ``0003:28BD:0905.0001`` ->
+    ``0003_28BD_0905_0001`` (udev-hid-bpf's name; a bpffs takes no dots)."""
+    return sysname.replace(":", "_").replace(".", "_")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +80,10 @@ def scan(roots: list[str] | tuple[str, ...], sysname: str) -> list[PinnedObject]
     ring, in root order then by name. Directories without the ring (programs that do not use
     ``<hidbpfd/api.h>``) are not listed; unreadable roots are skipped (logged at debug)."""
     out: list[PinnedObject] = []
-    if hid_id_of(sysname) is None:
+    if SYSNAME.match(sysname) is None:
         return out
-    for root in roots:
-        dev = Path(root) / sysname
+    for root, dirname in [(r, n) for r in roots for n in (pin_name(sysname), sysname)]:
+        dev = Path(root) / dirname
         try:
             names = sorted(os.listdir(dev))
         except OSError as e:

@@ -22,6 +22,7 @@ DEV = "0003:28BD:0905.000A"
         ("0003:28BD:0905.0001", 1),
         (DEV, 10),
         ("0005:046D:B034.01F3", 0x1F3),
+        ("0003_28BD_0905_000A", 10),  # the pin directory's name (a bpffs takes no dots)
         ("0003:28bd:0905.0001", None),  # the kernel writes upper-case hex
         ("0003:28BD:0905", None),
         ("hidraw0", None),
@@ -33,8 +34,14 @@ def test_hid_id_of_sysname(sysname: str, hid_id: int | None) -> None:
     assert pins.hid_id_of(sysname) == hid_id
 
 
-def _pin(root: Path, sysname: str, obj: str, maps: tuple[str, ...] = pins.MAPS) -> Path:
-    d = root / sysname / obj
+def test_pin_name() -> None:
+    assert pins.pin_name("0003:28BD:0905.0001") == "0003_28BD_0905_0001"  # udev-hid-bpf's
+
+
+def _pin(
+    root: Path, sysname: str, obj: str, maps: tuple[str, ...] = pins.MAPS, *, raw: bool = False
+) -> Path:
+    d = root / (sysname if raw else pins.pin_name(sysname)) / obj
     d.mkdir(parents=True)
     for m in maps:
         (d / m).touch()
@@ -47,15 +54,18 @@ def test_scan_finds_objects_with_the_request_ring(tmp_path: Path) -> None:
     _pin(a, DEV, "plain-fix", ("hid_bpf_ops", "some_map"))  # no <hidbpfd/api.h>: not listed
     _pin(a, "0003:28BD:0905.000B", "other-device")  # another device's
     half = _pin(b, DEV, "half", (pins.MAPS[0], pins.MAPS[1]))
-    (a / DEV / "a-file").touch()  # not an object directory
+    raw = _pin(b, DEV, "on-another-fs", raw=True)  # the sysname itself, dots and all
+    (a / pins.pin_name(DEV) / "a-file").touch()  # not an object directory
     found = pins.scan([str(a), str(b), str(tmp_path / "missing")], DEV)
     assert [(p.root, p.name, p.path, p.missing) for p in found] == [
         (str(a), "pen-proximity", str(pen), ()),
         (str(b), "half", str(half), pins.MAPS[2:]),
+        (str(b), "on-another-fs", str(raw), ()),
     ]
     assert found[0].label == f"pinned:{pen}"
     assert pins.scan([str(a)], "0003:28BD:0905.000C") == []
     assert pins.scan([str(a)], "../a") == []  # never a path outside a root's devices
+    assert pins.scan([str(a)], pins.pin_name(DEV)) == []  # asked by sysname only
 
 
 def test_the_daemon_scan_says_why_a_half_pinned_object_cannot_be_served(tmp_path: Path) -> None:
@@ -70,7 +80,7 @@ def test_the_daemon_scan_says_why_a_half_pinned_object_cannot_be_served(tmp_path
 def test_a_pinned_instance_names_the_pin_it_cannot_open(tmp_path: Path) -> None:
     pen = _pin(tmp_path, DEV, "pen")  # plain files, not BPF objects
     inst = pinned_loader(str(pen), 10, lambda raw: None)
-    assert inst.pinned.sysname == DEV and inst.pinned.name == "pen"
+    assert inst.pinned.sysname == pins.pin_name(DEV) and inst.pinned.name == "pen"
     assert inst.callbacks == frozenset() and inst.engine == "userspace"
     with pytest.raises(OSError, match="hidbpfd_requests"):
         inst.load()
