@@ -13,7 +13,8 @@ def _program_lines(d: dict[str, Any]) -> list[str]:
         if "pinned" in p:
             out.append(f"      program {p['program']}: {p['loader']} ({p['pinned']})")
         if "error" in p:
-            out.append(f"      program {p['program']}: NOT loaded: {p['error']}")
+            what = "NOT served" if "pinned" in p else "NOT loaded"
+            out.append(f"      program {p['program']}: {what}: {p['error']}")
             continue
         if p.get("engine") != "userspace":
             out.append(
