@@ -149,7 +149,8 @@ class Programs(DaemonState):
 
     def _serve_pinned(self, hd: HidDevice) -> bool:
         """Serve the objects other loaders pinned for ``hd`` under the pin roots that are not
-        served yet (udev add and change, the rescans after an add, reload). True if any new."""
+        served yet (udev add and change, the rescans after an add, reload); those that could
+        not be served are tried again. True if any new."""
         if self._pinned_scan is None or self._pinned_loader is None:
             return False
         try:
@@ -158,6 +159,8 @@ class Programs(DaemonState):
             log.debug("%s: pin scan: %s", hd.id.describe(), e)
             return False
         pd = self.programs.get(hd.id.key)
+        if pd is not None:  # one that could not be served is tried again (pins chmod-ed since)
+            pd.programs = [sp for sp in pd.programs if not (sp.pinned and sp.error)]
         have = {sp.pinned for sp in pd.programs} if pd else set()
         new = [(path, why) for path, why in found if path not in have]
         if not new:

@@ -125,5 +125,8 @@ def test_an_unreadable_pin_is_shown_not_served(tmp_path: Path, bpffs: Path) -> N
             (dev,) = [x for x in r.d.status()["devices"] if x["hid_id"] == OTHER.key]
             assert "hidbpfd_state" in dev["programs"][0]["error"]
             assert r.d.managed  # the others carry on
+            r.d.reload()  # tried again, still not served, listed once
+            (sp2,) = r.d.programs[OTHER.key].programs
+            assert sp2 is not sp and pins.NOT_SERVED in sp2.error
 
     asyncio.run(body())
