@@ -208,6 +208,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             sched_fifo=args.sched_fifo,
             cpu=args.cpu,
             mlockall=args.mlockall,
+            pin_roots=args.pin_root,
         )
     except ValueError as e:
         print(f"hidbpfd run: {e}", file=sys.stderr)
@@ -489,6 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="lock the daemon's memory (no page faults)",
+    )
+    rn.add_argument(
+        "--pin-root",
+        action="append",
+        metavar="DIR",
+        help="serve programs other loaders pinned under DIR/<device>/<object>/ "
+        "(repeatable; replaces pin_roots, default /sys/fs/bpf/hid)",
     )
     rn.set_defaults(func=_cmd_run)
 

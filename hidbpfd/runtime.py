@@ -16,7 +16,7 @@ from hidbpfd.devices.chooser import injector_factory, report_io_factory
 from hidbpfd.devices.sinks import Injector
 from hidbpfd.devices.udev import HidDevice
 from hidbpfd.engine.dispatch import Observer
-from hidbpfd.kernel import orphans
+from hidbpfd.kernel import orphans, pins
 from hidbpfd.kernel.engine import KernelEngine
 from hidbpfd.kernel.programs import check_object, load_program
 from hidbpfd.kernel.source import BpfEventSource
@@ -61,4 +61,27 @@ def build_daemon(
         settings=settings,
         program_loader=load_program,
         object_check=check_object,
+        pinned_scan=pinned_scan((settings or Settings()).pin_roots),
+        pinned_loader=pinned_loader,
+    )
+
+
+def pinned_scan(roots: Sequence[str]) -> Callable[[str], list[tuple[str, str]]]:
+    """The daemon's view of :func:`hidbpfd.kernel.pins.scan` over ``roots`` (``pin_roots``)."""
+    roots = tuple(roots)
+
+    def scan(sysname: str) -> list[tuple[str, str]]:
+        return [
+            (p.path, f"{pins.NOT_SERVED}: {', '.join(p.missing)}" if p.missing else "")
+            for p in pins.scan(roots, sysname)
+        ]
+
+    return scan
+
+
+def pinned_loader(path: str, hid_id: int, on_record: Callable[[bytes], None]) -> Any:
+    """Open an object another loader pinned at ``path`` (then ``load()``)."""
+    d = Path(path)
+    return pins.PinnedInstance(
+        pins.PinnedObject(str(d.parent.parent), d.parent.name, d.name, path), hid_id, on_record
     )

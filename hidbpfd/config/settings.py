@@ -8,6 +8,7 @@ something (CPU, memory, the scheduler's fairness) for latency::
     ring_kib = 1024        # BPF ring buffer, KiB (power of 2)
     timer_spin_us = 0      # wake this early for each deferred action, then spin to the deadline
     busy_poll = false      # poll the ring instead of sleeping: one CPU for the idle wake-up
+    pin_roots = ["/sys/fs/bpf/hid"]  # where other loaders pin programs' maps (docs/programs.md)
 
     [realtime]
     sched_fifo = 0         # SCHED_FIFO priority 1-99 (0: normal scheduling)
@@ -43,6 +44,7 @@ class Settings:
     sched_fifo: int = 0
     cpu: int | None = None
     mlockall: bool = False
+    pin_roots: tuple[str, ...] = ("/sys/fs/bpf/hid",)
 
     def override(self, **given: Any) -> Settings:
         """These settings with the values given on the command line (None: not given);
@@ -51,7 +53,10 @@ class Settings:
         for k, v in given.items():
             if v is not None and (why := _check(k, v, kinds[k])) is not None:
                 raise ValueError(f"--{k.replace('_', '-')} {v}: {why}")
-        out = replace(self, **{k: v for k, v in given.items() if v is not None})
+        values: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if v is not None
+        }
+        out = replace(self, **values)
         if out.busy_poll and out.sched_fifo:
             raise ValueError(f"busy_poll with sched_fifo: {CLASH} ({CLASH_HINT})")
         return out
@@ -79,7 +84,12 @@ CLASH: Final = (
 CLASH_HINT: Final = "Use busy_poll or sched_fifo, not both"
 
 _KEYS: Final[dict[str, dict[str, str]]] = {
-    "daemon": {"ring_kib": "int", "timer_spin_us": "int", "busy_poll": "bool"},
+    "daemon": {
+        "ring_kib": "int",
+        "timer_spin_us": "int",
+        "busy_poll": "bool",
+        "pin_roots": "paths",
+    },
     "realtime": {"sched_fifo": "int", "cpu": "int", "mlockall": "bool"},
 }
 assert {k for t in _KEYS.values() for k in t} == {f.name for f in fields(Settings)}
@@ -89,6 +99,10 @@ def _check(key: str, v: object, kind: str) -> str | None:
     """What is wrong with ``v`` for ``key``, or None."""
     if kind == "bool":
         return None if isinstance(v, bool) else "must be true or false"
+    if kind == "paths":
+        ok = isinstance(v, (list, tuple)) and all(isinstance(x, str) and x for x in v)
+        return None if ok else 'must be a list of directories (e.g. ["/sys/fs/bpf/hid"])'
+
     if not isinstance(v, int) or isinstance(v, bool):
         return "must be an integer"
     if key == "ring_kib" and (v < 4 or v & (v - 1)):
@@ -146,7 +160,7 @@ def load_settings(path: str | Path, *, missing_ok: bool = False) -> Settings:
             elif (why := _check(key, v, keys[key])) is not None:
                 errs.append(ConfigError(f, loc.line(full), full, f"{v!r} {why}"))
             else:
-                values[key] = v
+                values[key] = tuple(v) if isinstance(v, list) else v
     if not errs and values.get("busy_poll") and values.get("sched_fifo"):
         errs.append(
             ConfigError(f, loc.line("daemon.busy_poll"), "daemon.busy_poll", CLASH, CLASH_HINT)

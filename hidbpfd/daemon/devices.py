@@ -87,6 +87,8 @@ class Devices(KernelEngines, Programs):
 
     def _removed(self, hd: HidDevice) -> None:
         self.present.pop(hd.id.key, None)
+        for h in self._rescans.pop(hd.id.key, []):
+            h.cancel()
         self._close_program_io(self._unserve_programs(hd.id.key, release=False))
         self._detach_kernel(hd.id.key)
         self.kernel_refused.pop(hd.id.key, None)
@@ -95,6 +97,8 @@ class Devices(KernelEngines, Programs):
 
     def _changed(self, hd: HidDevice) -> None:
         self.present[hd.id.key] = hd
+        self._drop_pinned_gone(hd.id.key)
+        self._serve_pinned(hd)
 
     def _let_go(self, key: str) -> None:
         """Stop serving a device now (pending work cancelled, BPF state cleared); its nodes

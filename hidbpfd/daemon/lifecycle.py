@@ -23,6 +23,8 @@ from hidbpfd.daemon.state import (
     KernelEngineLike,
     KernelManaged,
     Managed,
+    PinnedLoader,
+    PinnedScan,
     ProgramLoader,
     ReportIOFactory,
 )
@@ -61,6 +63,8 @@ class Daemon(Reloading):
         settings: Settings | None = None,
         program_loader: ProgramLoader | None = None,
         object_check: Callable[[str], str | None] | None = None,
+        pinned_scan: PinnedScan | None = None,
+        pinned_loader: PinnedLoader | None = None,
     ) -> None:
         settings = settings or Settings()
         self.config_paths = [str(p) for p in config_paths]
@@ -106,6 +110,10 @@ class Daemon(Reloading):
         self._object_check = object_check
         self.programs = {}
         """Devices with BPF programs ([[program]]) loaded, by hid id."""
+        self._pinned_scan = pinned_scan
+        self._pinned_loader = pinned_loader
+        """Objects other loaders pinned (``pin_roots``): how to find and open them."""
+        self._rescans = {}
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -191,6 +199,10 @@ class Daemon(Reloading):
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         self.watcher.stop()
+        for handles in self._rescans.values():
+            for h in handles:
+                h.cancel()
+        self._rescans.clear()
         for key in list(self.programs):  # held reports released first: nothing is lost
             pio = self._unserve_programs(key, release=True)
             if pio is not None:

@@ -9,10 +9,16 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from hidbpfd.config import Config, ProgramRef
-from hidbpfd.daemon.state import DaemonState, ProgramDevice, ProgramHandle, ServedProgram
+from hidbpfd.daemon.state import (
+    DaemonState,
+    ProgramDevice,
+    ProgramHandle,
+    ProgramLoader,
+    ServedProgram,
+)
 from hidbpfd.devices.facts import report_sizes
 from hidbpfd.devices.sinks import DeviceIO
 from hidbpfd.devices.udev import HidDevice
@@ -31,6 +37,22 @@ def _stamp(path: str) -> tuple[int, int]:
     except OSError:
         return (0, 0)
     return (st.st_mtime_ns, st.st_size)
+
+
+PIN_RESCAN_S: Final = (0.5, 1.5, 3.0, 6.0, 12.0)
+"""After a device appears: when to look again for objects another loader pinned for it."""
+
+
+class PinnedRef(ProgramRef):
+    """The :class:`ProgramRef` of an object another loader pinned (no policy file):
+    ``file``, ``object`` and ``path`` are its pin directory."""
+
+    __slots__ = ()
+
+    @property
+    def label(self) -> str:
+        """``pinned:<pin directory>``, for logs, status and traces."""
+        return f"pinned:{self.path}"
 
 
 class _Target:
@@ -86,13 +108,8 @@ class _Target:
 class Programs(DaemonState):
     """The ``[[program]]`` part of :class:`hidbpfd.daemon.Daemon`."""
 
-    def _serve_programs(self, hd: HidDevice, config: Config | None = None) -> None:
-        """Load the programs ``config`` (default: the daemon's) lists for ``hd`` (udev add,
-        reload). A program that cannot load is logged and shown in ``status``; the others,
-        and the device's policies, carry on."""
-        refs = (config or self.config).programs_for(hd.id, hd.facts)
-        if not refs:
-            return
+    def _program_device(self, hd: HidDevice) -> ProgramDevice:
+        """The device's record of programs (made on its first program, with its sinks)."""
         key = hd.id.key
         pd = self.programs.get(key)
         if pd is None:
@@ -103,41 +120,117 @@ class Programs(DaemonState):
                 self._program_io_error,
             )
             pd = self.programs[key] = ProgramDevice(hd, io)
+        return pd
+
+    @staticmethod
+    def _report_sizes(hd: HidDevice) -> tuple[int, int, int]:
         try:
-            sizes = report_sizes(read_descriptor(hd))
+            return report_sizes(read_descriptor(hd))
         except OSError as e:
             log.warning(
                 "%s: report descriptor unreadable (%s): requests limited to 512 bytes",
                 hd.id.describe(),
                 e,
             )
-            sizes = (0, 0, 0)
-        for ref in refs:
-            pd.programs.append(self._load_program(pd, ref, sizes))
+            return (0, 0, 0)
+
+    def _serve_programs(self, hd: HidDevice, config: Config | None = None) -> None:
+        """Load the programs ``config`` (default: the daemon's) lists for ``hd`` (udev add,
+        reload), then serve what other loaders pinned for it. A program that cannot load is
+        logged and shown in ``status``; the others, and the device's policies, carry on."""
+        refs = (config or self.config).programs_for(hd.id, hd.facts)
+        if refs:
+            pd = self._program_device(hd)
+            sizes = self._report_sizes(hd)
+            for ref in refs:
+                pd.programs.append(self._load_program(pd, ref, sizes, self._program_loader))
+        self._serve_pinned(hd)
+        self._schedule_rescans(hd)
+
+    def _serve_pinned(self, hd: HidDevice) -> bool:
+        """Serve the objects other loaders pinned for ``hd`` under the pin roots that are not
+        served yet (udev add and change, the rescans after an add, reload); those that could
+        not be served are tried again. True if any new."""
+        if self._pinned_scan is None or self._pinned_loader is None:
+            return False
+        try:
+            found = self._pinned_scan(hd.id.key)
+        except OSError as e:
+            log.debug("%s: pin scan: %s", hd.id.describe(), e)
+            return False
+        pd = self.programs.get(hd.id.key)
+        if pd is not None:  # one that could not be served is tried again (pins chmod-ed since)
+            pd.programs = [sp for sp in pd.programs if not (sp.pinned and sp.error)]
+        have = {sp.pinned for sp in pd.programs} if pd else set()
+        new = [(path, why) for path, why in found if path not in have]
+        if not new:
+            return False
+        pd = self._program_device(hd)
+        sizes = self._report_sizes(hd)
+        for path, why in new:
+            ref = PinnedRef(path, 0, path, path)
+            sp = self._load_program(pd, ref, sizes, self._pinned_loader, pinned=path, refused=why)
+            pd.programs.append(sp)
+        return True
+
+    def _schedule_rescans(self, hd: HidDevice) -> None:
+        """Another loader (udev-hid-bpf, run by udev for the same device) pins its maps after
+        the device appeared, maybe after the daemon heard of it: look again a few times."""
+        if self._pinned_scan is None:
+            return
+        key = hd.id.key
+        for h in self._rescans.pop(key, []):
+            h.cancel()
+        self._rescans[key] = [self.loop.call_later(t, self._rescan, key) for t in PIN_RESCAN_S]
+
+    def _rescan(self, key: str) -> None:
+        hd = self.present.get(key)
+        if hd is not None:
+            self._serve_pinned(hd)
+
+    def _drop_pinned_gone(self, key: str) -> None:
+        """Stop serving pinned objects whose pins are gone (the other loader unloaded)."""
+        pd = self.programs.get(key)
+        if pd is None:
+            return
+        for sp in list(pd.programs):
+            if sp.pinned and not os.path.exists(sp.pinned):
+                self._unload_program(pd, sp, release=False)
+                pd.programs.remove(sp)
 
     def _load_program(
-        self, pd: ProgramDevice, ref: ProgramRef, sizes: tuple[int, int, int]
+        self,
+        pd: ProgramDevice,
+        ref: ProgramRef,
+        sizes: tuple[int, int, int],
+        loader: ProgramLoader | None,
+        *,
+        pinned: str = "",
+        refused: str = "",
     ) -> ServedProgram:
         dev = pd.hid.id
-        sp = ServedProgram(ref, _stamp(ref.path))
-        if self._program_loader is None:
+        sp = ServedProgram(ref, _stamp(ref.path), pinned=pinned)
+        if refused:
+            sp.error = refused
+        elif loader is None:
             sp.error = "this daemon was built without BPF program support"
         else:
             try:
-                handle = self._program_loader(
+                handle = loader(
                     ref.path, dev.kernel_id, lambda raw: self._on_program_record(sp, raw)
                 )
                 handle.load()
             except Exception as e:  # a bad object must not stop the daemon or other devices
-                sp.error = f"load failed: {e}"
+                sp.error = f"load failed: {e}" if not pinned else f"cannot serve: {e}"
             else:
                 sp.handle = handle
                 sp.engine = handle.engine
         if sp.error:
             log.error(
-                "%s: %s: NOT loaded: %s",
+                "%s: %s: NOT %s: %s",
                 dev.describe(),
                 ref.label,
+                "served" if pinned else "loaded",
                 sp.error,
                 extra=fields(dev, file=ref.file),
             )
@@ -156,9 +249,10 @@ class Programs(DaemonState):
             sp.reader_fd = sp.handle.epoll_fd
             self.loop.add_reader(sp.reader_fd, self._program_readable, sp)
         log.info(
-            "%s: %s loaded (%s engine%s)",
+            "%s: %s %s (%s engine%s)",
             dev.describe(),
             ref.label,
+            "served (pinned by another loader)" if pinned else "loaded",
             sp.engine,
             f"; callbacks: {', '.join(sorted(sp.handle.callbacks)) or 'none'}"
             if sp.server
@@ -238,10 +332,11 @@ class Programs(DaemonState):
         key = hd.id.key
         refs = config.programs_for(hd.id, hd.facts)
         pd = self.programs.get(key)
-        old = [(sp.ref, sp.stamp) for sp in pd.programs] if pd else []
+        old = [(sp.ref, sp.stamp) for sp in pd.programs if not sp.pinned] if pd else []
         new = [(r, _stamp(r.path)) for r in refs]
         if old == new:
-            return False
+            self._drop_pinned_gone(key)
+            return self._serve_pinned(hd)
         self._close_program_io(self._unserve_programs(key, release=True))
         self._serve_programs(hd, config)
         return True
@@ -252,6 +347,9 @@ class Programs(DaemonState):
         out: list[dict[str, Any]] = []
         for sp in pd.programs if pd else []:
             entry: dict[str, Any] = {"program": sp.ref.label, "object": sp.ref.path}
+            if sp.pinned:
+                entry["loader"] = "pinned by another loader"
+                entry["pinned"] = sp.pinned
             if sp.error:
                 entry["error"] = sp.error
                 out.append(entry)

@@ -43,6 +43,11 @@ class ProgramHandle(Protocol):
 
 
 ProgramLoader = Callable[[str, int, Callable[[bytes], None]], ProgramHandle]
+PinnedScan = Callable[[str], list[tuple[str, str]]]
+"""``(device sysname) -> [(pin directory, why it cannot be served or "")]``: the objects other
+loaders pinned for the device (:func:`hidbpfd.kernel.pins.scan` over the pin roots)."""
+PinnedLoader = Callable[[str, int, Callable[[bytes], None]], ProgramHandle]
+"""``(pin directory, hid_id, on_record) -> handle`` (not opened yet)."""
 """``(object path, hid_id, on_record) -> handle`` (not loaded yet); raises ValueError/OSError
 for an object that is no program."""
 
@@ -135,6 +140,8 @@ class ServedProgram:
     engine: str = ""
     error: str = ""
     reader_fd: int = -1
+    pinned: str = ""
+    """For an object another loader attached: its pin directory (not ``[[program]]``)."""
 
 
 @dataclass(slots=True)
@@ -192,6 +199,9 @@ class DaemonState:
     _program_loader: ProgramLoader | None
     _object_check: Callable[[str], str | None] | None
     programs: dict[str, ProgramDevice]
+    _pinned_scan: PinnedScan | None
+    _pinned_loader: PinnedLoader | None
+    _rescans: dict[str, list[asyncio.TimerHandle]]
     # set by run (start-up)
     loop: asyncio.AbstractEventLoop
     driver: TimerfdDriver

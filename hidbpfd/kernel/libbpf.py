@@ -172,6 +172,8 @@ _PROTOS: Final[dict[str, tuple[object, list[object]]]] = {
     "bpf_link_create": (_I, [_I, _I, _I, _VP]),
     "bpf_map_get_next_id": (_I, [_U32, ctypes.POINTER(_U32)]),
     "bpf_map_get_fd_by_id": (_I, [_U32]),
+    "bpf_obj_get": (_I, [_CP]),
+    "bpf_obj_pin": (_I, [_I, _CP]),
     "bpf_obj_get_info_by_fd": (_I, [_I, _VP, ctypes.POINTER(_U32)]),
     "bpf_map_update_elem": (_I, [_I, _VP, _VP, ctypes.c_uint64]),
     "bpf_map_lookup_elem": (_I, [_I, _VP, _VP]),
@@ -620,6 +622,21 @@ def map_fd_by_id(map_id: int) -> int | None:
     if ret == -errno_mod.ENOENT:
         return None
     return lib.check(f"bpf_map_get_fd_by_id({map_id})", ret)
+
+
+def obj_get(path: str) -> int:
+    """An fd (the caller closes it) of the BPF object pinned at ``path`` in a bpffs
+    (``BPF_OBJ_GET``, read and write: the pin's file mode must let this user read and write
+    it). BpfError (ENOENT, EACCES, ...) naming the path."""
+    lib = libbpf()
+    return lib.check(f"bpf_obj_get({path})", lib.fn("bpf_obj_get")(path.encode()))
+
+
+def obj_pin(fd: int, path: str) -> None:
+    """Pin the map, program or link ``fd`` at ``path`` in a bpffs (``BPF_OBJ_PIN``): it lives
+    on after every fd closes, until the file is removed."""
+    lib = libbpf()
+    lib.check(f"bpf_obj_pin({path})", lib.fn("bpf_obj_pin")(fd, path.encode()))
 
 
 def prog_test_run(prog_fd: int, ctx: ctypes.Array[ctypes.c_char]) -> int:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from hidbpfd.config.settings import Settings
 from hidbpfd.daemon import Daemon
 from hidbpfd.devices.descriptor import PAGE_LED, DescriptorError, ReportKind, parse
 from hidbpfd.devices.hidraw import HidrawReader
@@ -107,6 +108,7 @@ class LiveSession:
         *,
         manage_timeout_s: float = 30.0,
         sleep_bus: str | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self.config_paths = list(config_paths)
         self.manage_timeout_s = manage_timeout_s
@@ -120,7 +122,7 @@ class LiveSession:
         self.sent: list[tuple[int, int, bytes]] = []
         """(monotonic ns, capture device index, report) of every report actually sent."""
         self.daemon: Daemon = build_daemon(
-            self.config_paths, observers=[self._observe], sleep_bus=sleep_bus
+            self.config_paths, observers=[self._observe], sleep_bus=sleep_bus, settings=settings
         )
         self._task: asyncio.Task[int] | None = None
 

@@ -10,8 +10,11 @@ _PCTS = ("p50_us", "p90_us", "p99_us", "max_us")
 def _program_lines(d: dict[str, Any]) -> list[str]:
     out = []
     for p in d.get("programs", []):
+        if "pinned" in p:
+            out.append(f"      program {p['program']}: {p['loader']} ({p['pinned']})")
         if "error" in p:
-            out.append(f"      program {p['program']}: NOT loaded: {p['error']}")
+            what = "NOT served" if "pinned" in p else "NOT loaded"
+            out.append(f"      program {p['program']}: {what}: {p['error']}")
             continue
         if p.get("engine") != "userspace":
             out.append(

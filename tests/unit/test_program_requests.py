@@ -207,6 +207,13 @@ def test_status_text_shows_programs() -> None:
             },
             {"program": "50-pen.toml#program[1] k.bpf.o", "engine": "kernel"},
             {"program": "50-pen.toml#program[2] bad.bpf.o", "error": "load failed: EINVAL"},
+            {
+                "program": "pinned:/sys/fs/bpf/hid/0003_28BD_0905_0001/x",
+                "object": "/sys/fs/bpf/hid/0003_28BD_0905_0001/x",
+                "loader": "pinned by another loader",
+                "pinned": "/sys/fs/bpf/hid/0003_28BD_0905_0001/x",
+                "error": "cannot serve: bpf_obj_get(...): Permission denied (errno 13)",
+            },
         ],
     }
     text = render_status({"devices": [dev]})
@@ -214,6 +221,9 @@ def test_status_text_shows_programs() -> None:
     assert "drops: over budget 7, ring full 0; refused: size 1" in text
     assert "program 50-pen.toml#program[1] k.bpf.o: kernel engine" in text
     assert "program[2] bad.bpf.o: NOT loaded: load failed: EINVAL" in text
+    pinned = "program pinned:/sys/fs/bpf/hid/0003_28BD_0905_0001/x"
+    assert f"{pinned}: pinned by another loader (/sys/fs/bpf/hid/0003_28BD_0905_0001/x)" in text
+    assert f"{pinned}: NOT served: cannot serve: bpf_obj_get(...): Permission denied" in text
     line = render_event(
         {"t": 1.0, "device": "d", "kind": "hold", "data": "0200", "policy": "p", "detail": "defer"}
     )
