@@ -207,3 +207,17 @@ def test_readme_links_every_page() -> None:
 
 def test_readme_short() -> None:
     assert len((ROOT / "README.md").read_bytes()) < 8 * 1024
+
+
+# a value a measurement was meant to fill in, left in a page (MEASURED_CHURN, TBD, TODO)
+PLACEHOLDER = re.compile(r"\b(?:MEASURED_[A-Z_]+|TBD|TODO|FIXME|XXX)\b")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_placeholder_left(page: Path) -> None:
+    found = [
+        f"{page.relative_to(ROOT)}:{n}: {m.group(0)}"
+        for n, line in enumerate(page.read_text().splitlines(), 1)
+        for m in PLACEHOLDER.finditer(line)
+    ]
+    assert not found, f"placeholders where measured values belong: {found}"
