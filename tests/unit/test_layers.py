@@ -107,6 +107,7 @@ def test_the_check_sees_imports() -> None:
 PARTS = {
     "daemon": ("state", "kernel_engine", "programs", "devices", "status", "reload", "lifecycle"),
     "vm": ("setup", "rootfs", "boot"),
+    "kernel/libbpf": ("library", "syscalls", "objects", "ringbuf", "btf"),
     "bench/devices": (
         "plan",
         "measure",
