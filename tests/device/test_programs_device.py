@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from hidbpfd.devices.uhid import UHID_FEATURE_REPORT, UhidEvent
+from hidbpfd.devices.uhid_protocol import UHID_FEATURE_REPORT, UhidEvent
 from hidbpfd.kernel import libbpf as lb
 from hidbpfd.kernel.compile import compile_program
 from hidbpfd.replay.live import LiveSession, settle_udev

@@ -15,6 +15,7 @@ PURE = [
     "model.py",
     "devices/descriptor.py",
     "devices/facts.py",
+    "devices/uhid_protocol.py",
     "replay/recording.py",
     "replay/virtual.py",
     *[f"policies/{p.name}" for p in (PKG / "policies").glob("*.py")],
