@@ -28,7 +28,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if kernel_files:
         # what the in-kernel engine would refuse, from the parameters alone (any kernel)
         from hidbpfd.config.errors import ConfigError
-        from hidbpfd.kernel.engine import params_reason
+        from hidbpfd.kernel.engine_codec import params_reason
 
         for f in kernel_files:
             if why := params_reason(f.bindings):
