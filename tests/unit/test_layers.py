@@ -43,6 +43,7 @@ FORBIDDEN = (
     "hidbpfd.demo",
     "hidbpfd.daemon",
     "hidbpfd.cli",
+    "hidbpfd.commands",
     "hidbpfd.vm",
     "hidbpfd.kernel.probe",
     "hidbpfd.bench",
@@ -75,7 +76,14 @@ def test_pure_module_imports(rel: str) -> None:
     assert not bad, f"hidbpfd/{rel} imports {bad}"
 
 
-LAYERS = ("hidbpfd.kernel", "hidbpfd.devices", "hidbpfd.service", "hidbpfd.daemon", "hidbpfd.cli")
+LAYERS = (
+    "hidbpfd.kernel",
+    "hidbpfd.devices",
+    "hidbpfd.service",
+    "hidbpfd.daemon",
+    "hidbpfd.cli",
+    "hidbpfd.commands",
+)
 
 
 @pytest.mark.parametrize("rel", sorted(LAYERED))
@@ -89,6 +97,7 @@ def test_layered_module_imports(rel: str) -> None:
 def test_lower_layers_never_import_upper_ones() -> None:
     """kernel/ and devices/ never reach up into service/, the daemon, the CLI or bench/."""
     upper = ("hidbpfd.service", "hidbpfd.daemon", "hidbpfd.cli", "hidbpfd.bench", "hidbpfd.runtime")
+    upper += ("hidbpfd.commands",)
     bad = []
     for pkg in ("kernel", "devices"):
         for path in (PKG / pkg).rglob("*.py"):
@@ -158,7 +167,7 @@ def test_the_vm_tier_stands_alone() -> None:
 def test_the_daemon_never_reaches_up() -> None:
     """The daemon's parts serve the CLI, the live replay and the benchmark; never the reverse."""
     upper = ("hidbpfd.cli", "hidbpfd.runtime", "hidbpfd.bench", "hidbpfd.vm", "hidbpfd.demo")
-    upper += ("hidbpfd.replay.live",)
+    upper += ("hidbpfd.replay.live", "hidbpfd.commands")
     bad = [
         f"{path.relative_to(PKG)} imports {m}"
         for path in (PKG / "daemon").glob("*.py")
