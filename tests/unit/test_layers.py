@@ -76,14 +76,8 @@ def test_pure_module_imports(rel: str) -> None:
     assert not bad, f"hidbpfd/{rel} imports {bad}"
 
 
-LAYERS = (
-    "hidbpfd.kernel",
-    "hidbpfd.devices",
-    "hidbpfd.service",
-    "hidbpfd.daemon",
-    "hidbpfd.cli",
-    "hidbpfd.commands",
-)
+LAYERS = ("hidbpfd.kernel", "hidbpfd.devices", "hidbpfd.service", "hidbpfd.daemon", "hidbpfd.cli")
+LAYERS += ("hidbpfd.commands",)
 
 
 @pytest.mark.parametrize("rel", sorted(LAYERED))
