@@ -65,3 +65,49 @@ LONG_REPORT_RDESC = bytes.fromhex(
     " 85 02 09 03 95 c7 81 02"  # report 0x02: 199 data bytes
     " c0"
 )
+
+# The long-report tests' policies: a defer that could hold report 0x02 (200 bytes, longer than a
+# ring record: refused) and an inject of report 0x01 (runs).
+LONG_REPORT_POLICIES = """\
+[[policy]]
+type = "defer"
+name = "hold-long"
+match = "02 00"
+delay_ms = {delay_ms}
+
+[[policy]]
+type = "inject"
+name = "short-macro"
+match = "01 68"
+reports = ["{macro}"]
+"""
+LONG_REPORT_USER_FILE = "50-1234__5678-long.toml"
+# What the refusal of the userspace file's defer says (file, policy, report, length, the limit).
+LONG_REPORT_REFUSAL = (
+    LONG_REPORT_USER_FILE,
+    "policy[0]",
+    "hold-long",
+    "input report 0x02 of 200 bytes",
+    "128 bytes",
+)
+LONG_REPORT_KERNEL_FILE = "50-1234__5679-long-kernel.toml"
+
+
+def long_report_policies(
+    product: int | None = None, *, kernel: bool = False, macro: str = "01 04", delay_ms: int = 20
+) -> str:
+    """The long-report policy file: for device 1234:``product`` (none: no [device] table), on
+    the in-kernel engine with ``kernel``; ``macro`` is the report the inject sends."""
+    text = LONG_REPORT_POLICIES.format(delay_ms=delay_ms, macro=macro)
+    if product is not None:
+        text = f"[device]\nvendor = 0x1234\nproduct = {product:#06x}\n\n" + text
+    return ('engine = "kernel"\n' if kernel else "") + text
+
+
+def write_long_report_files(cfg: Path, macro: str = "01 04") -> None:
+    """Both long-report files in ``cfg``: 1234:5678 on the userspace engine, 1234:5679 on the
+    in-kernel one."""
+    (cfg / LONG_REPORT_USER_FILE).write_text(long_report_policies(0x5678, macro=macro))
+    (cfg / LONG_REPORT_KERNEL_FILE).write_text(
+        long_report_policies(0x5679, kernel=True, macro=macro)
+    )

@@ -32,11 +32,11 @@ from hidbpfd.config.settings import Settings
 from hidbpfd.daemon import Daemon
 from hidbpfd.devices.descriptor import PAGE_LED, DescriptorError, ReportKind, parse
 from hidbpfd.devices.hidraw import HidrawReader
-from hidbpfd.devices.uhid import (
+from hidbpfd.devices.uhid import UhidDevice
+from hidbpfd.devices.uhid_protocol import (
     UHID_FEATURE_REPORT,
     UHID_OUTPUT,
     UHID_SET_REPORT,
-    UhidDevice,
     UhidEvent,
 )
 from hidbpfd.engine.dispatch import Outcome

@@ -10,21 +10,20 @@ What happens, in order:
 
 1. :func:`hidbpfd.vm.setup.ensure_setup` (idempotent, cached, locked) makes the host ready and
    fetches the test kernel through a private apt configuration (:mod:`hidbpfd.vm.setup`);
-2. :func:`hidbpfd.vm.boot.run_in_vm` boots it with ``vng --run``, waits for the guest's ready
+2. :func:`hidbpfd.vm.boot.run_in_vm` boots it with ``vng --run`` (the command line, the guest's
+   script and environment built by :mod:`hidbpfd.vm.command`), waits for the guest's ready
    line and runs CMD inside (:mod:`hidbpfd.vm.boot`).
 """
 
-from hidbpfd.vm.boot import (
-    BOOT_TIMEOUT_S,
+from hidbpfd.vm.boot import BOOT_TIMEOUT_S, main, run_in_vm
+from hidbpfd.vm.command import (
     GUEST_MODULES,
     READY_MARKER,
     VmArgs,
     guest_env,
     guest_script,
     kvm_usable,
-    main,
     parse_args,
-    run_in_vm,
     vng_command,
 )
 from hidbpfd.vm.setup import (

@@ -21,13 +21,8 @@ from typing import Final
 import pytest
 
 from hidbpfd.devices.hidraw import HidrawReader
-from hidbpfd.devices.uhid import (
-    BUS_VIRTUAL,
-    UHID_GET_REPORT,
-    UHID_OUTPUT,
-    UHID_SET_REPORT,
-    UhidDevice,
-)
+from hidbpfd.devices.uhid import UhidDevice
+from hidbpfd.devices.uhid_protocol import BUS_VIRTUAL, UHID_GET_REPORT, UHID_OUTPUT, UHID_SET_REPORT
 from hidbpfd.kernel.probe import probe
 from hidbpfd.model import DeviceRule, Pattern, Rule, RuleFlag
 from tests.bpf.conftest import Collected, require_bpf

@@ -17,7 +17,7 @@ from hidbpfd.bench import devices as D
 from hidbpfd.bench import report
 from hidbpfd.cli import main
 from hidbpfd.config import load
-from hidbpfd.kernel.engine import params_reason
+from hidbpfd.kernel.engine_codec import params_reason
 from hidbpfd.model import DeviceId
 from hidbpfd.policies.defer import Defer
 

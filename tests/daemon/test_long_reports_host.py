@@ -17,30 +17,18 @@ from hidbpfd.devices.udev import HidDevice
 from hidbpfd.model import DeviceId
 from hidbpfd.service.status_text import render_status
 from tests.daemon.harness import running, until
-from tests.helpers import LONG_REPORT_RDESC
+from tests.helpers import (
+    LONG_REPORT_RDESC,
+    LONG_REPORT_REFUSAL,
+    LONG_REPORT_USER_FILE,
+    long_report_policies,
+    write_long_report_files,
+)
 
 pytestmark = pytest.mark.bpf
 
 USER = DeviceId(3, 0x1234, 0x5678, "long reports", hid_id="0003:1234:5678.0201")
 KERN = DeviceId(3, 0x1234, 0x5679, "long reports (kernel engine)", hid_id="0003:1234:5679.0202")
-USER_FILE = """\
-[device]
-vendor = 0x1234
-product = 0x5678
-
-[[policy]]
-type = "defer"
-name = "hold-long"
-match = "02 00"
-delay_ms = 20
-
-[[policy]]
-type = "inject"
-name = "short-macro"
-match = "01 68"
-reports = ["01 04"]
-"""
-KERNEL_FILE = 'engine = "kernel"\n' + USER_FILE.replace("0x5678", "0x5679")
 
 
 def test_a_policy_that_could_hold_a_long_report_is_refused(
@@ -50,8 +38,7 @@ def test_a_policy_that_could_hold_a_long_report_is_refused(
 
     async def body() -> None:
         async with running(tmp_path) as r:
-            (r.cfg / "50-1234__5678-long.toml").write_text(USER_FILE)
-            (r.cfg / "50-1234__5679-long-kernel.toml").write_text(KERNEL_FILE)
+            write_long_report_files(r.cfg)
             assert r.d.reload().errors == []
             facts = descriptor_facts(LONG_REPORT_RDESC)
             for dev in (USER, KERN):
@@ -61,14 +48,7 @@ def test_a_policy_that_could_hold_a_long_report_is_refused(
             slot = r.d.dispatch.slots[USER.key]
             assert [b.label for b in slot.bindings] == ["50-1234__5678-long.toml#1 short-macro"]
             (line,) = [x.getMessage() for x in caplog.records if USER.key in x.getMessage()]
-            for part in (
-                "50-1234__5678-long.toml",
-                "policy[0]",
-                "hold-long",
-                "input report 0x02 of 200 bytes",
-                "128 bytes",
-                "refused",
-            ):
+            for part in (*LONG_REPORT_REFUSAL, "refused"):
                 assert part in line, (part, line)
             st = r.d.status()
             (entry,) = [e for e in st["devices"] if e["hid_id"] == USER.key]
@@ -86,7 +66,7 @@ def test_a_policy_that_could_hold_a_long_report_is_refused(
 
             # a reload re-checks (still refused, logged again, never silently applied)
             caplog.clear()
-            (r.cfg / "50-1234__5678-long.toml").write_text(USER_FILE.replace("20", "30"))
+            (r.cfg / LONG_REPORT_USER_FILE).write_text(long_report_policies(0x5678, delay_ms=30))
             r.d.reload()
             assert [b.label for b in r.d.dispatch.slots[USER.key].bindings] == [
                 "50-1234__5678-long.toml#1 short-macro"

@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 import pytest
 
 from hidbpfd.bench.devices import DESCRIPTOR as BENCH_DESCRIPTOR
-from hidbpfd.devices.uhid import BUS_USB, UhidDevice
+from hidbpfd.devices.uhid import UhidDevice
+from hidbpfd.devices.uhid_protocol import BUS_USB
 from tests.helpers import LIMIT_S
 
 T = TypeVar("T")

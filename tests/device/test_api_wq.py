@@ -23,13 +23,8 @@ from typing import Any
 import pytest
 
 from hidbpfd.devices.hidraw import HidrawReader
-from hidbpfd.devices.uhid import (
-    UHID_GET_REPORT,
-    UHID_OUTPUT,
-    UHID_SET_REPORT,
-    UhidDevice,
-    UhidEvent,
-)
+from hidbpfd.devices.uhid import UhidDevice
+from hidbpfd.devices.uhid_protocol import UHID_GET_REPORT, UHID_OUTPUT, UHID_SET_REPORT, UhidEvent
 from hidbpfd.kernel import libbpf as lb
 from tests.bpf.api_wq_build import DEMO, build, missing_tools, open_for
 from tests.device.conftest import DeviceFactory, run

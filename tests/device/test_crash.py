@@ -30,11 +30,11 @@ from typing import Any
 import pytest
 
 from hidbpfd.devices.hidraw import HidrawReader
-from hidbpfd.devices.uhid import (
+from hidbpfd.devices.uhid import UhidDevice
+from hidbpfd.devices.uhid_protocol import (
     UHID_FEATURE_REPORT,
     UHID_OUTPUT,
     UHID_SET_REPORT,
-    UhidDevice,
     UhidEvent,
 )
 from hidbpfd.kernel import orphans

@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from hidbpfd.devices.uhid import BUS_USB, UhidDevice
+from hidbpfd.devices.uhid import UhidDevice
+from hidbpfd.devices.uhid_protocol import BUS_USB
 from hidbpfd.replay.recording import load as load_rec
 from hidbpfd.replay.recording import parse
 from tests.device.conftest import run

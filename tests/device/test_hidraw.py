@@ -19,7 +19,7 @@ from hidbpfd.devices.hidraw import (
     HidrawTimeout,
     ReportRefused,
 )
-from hidbpfd.devices.uhid import (
+from hidbpfd.devices.uhid_protocol import (
     UHID_FEATURE_REPORT,
     UHID_GET_REPORT,
     UHID_OUTPUT,

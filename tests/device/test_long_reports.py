@@ -19,29 +19,12 @@ from hidbpfd.replay.live import LiveSession
 from hidbpfd.replay.recording import RecordedDevice
 from tests.device.conftest import run
 from tests.device.test_daemon_device import until
-from tests.helpers import LONG_REPORT_RDESC
+from tests.helpers import LONG_REPORT_RDESC, LONG_REPORT_REFUSAL, write_long_report_files
 
 pytestmark = pytest.mark.device
 
 LONG = bytes.fromhex("0200") + bytes(range(198))  # 200 bytes: report 0x02
 MACRO = bytes.fromhex("0168") + bytes(6)  # 8 bytes: report 0x01
-POLICIES = """\
-[device]
-vendor = 0x1234
-product = {product:#06x}
-
-[[policy]]
-type = "defer"
-name = "hold-long"
-match = "02 00"
-delay_ms = 20
-
-[[policy]]
-type = "inject"
-name = "short-macro"
-match = "01 68"
-reports = ["01 04 00 00 00 00 00 00"]
-"""
 
 
 def long_device(product: int) -> RecordedDevice:
@@ -62,10 +45,7 @@ def test_defer_matching_a_200_byte_report_is_refused_on_both_engines(
     caplog.set_level(logging.ERROR)
     cfg = tmp_path / "devices.d"
     cfg.mkdir()
-    (cfg / "50-1234__5678-long.toml").write_text(POLICIES.format(product=0x5678))
-    (cfg / "50-1234__5679-long-kernel.toml").write_text(
-        'engine = "kernel"\n' + POLICIES.format(product=0x5679)
-    )
+    write_long_report_files(cfg, macro="01 04 00 00 00 00 00 00")
 
     async def body() -> None:
         async with LiveSession([cfg]) as live:
@@ -80,13 +60,7 @@ def test_defer_matching_a_200_byte_report_is_refused_on_both_engines(
             assert [b.label for b in slot.bindings] == ["50-1234__5678-long.toml#1 short-macro"]
             lines = [r.getMessage() for r in caplog.records if user.hid_id in r.getMessage()]
             assert len(lines) == 1, lines
-            for part in (
-                "50-1234__5678-long.toml",
-                "policy[0]",
-                "hold-long",
-                "input report 0x02 of 200 bytes",
-                "128 bytes",
-            ):
+            for part in LONG_REPORT_REFUSAL:
                 assert part in lines[0], (part, lines[0])
             live.send(user, LONG)
             live.send(user, MACRO)

@@ -17,11 +17,11 @@ import pytest
 
 from hidbpfd.config.settings import Settings
 from hidbpfd.kernel.compile import compile_program
-from hidbpfd.replay.live import LiveSession, settle_udev
+from hidbpfd.replay.live import LiveSession
 from hidbpfd.replay.recording import load as load_rec
 from hidbpfd.replay.virtual import TraceLine
 from tests.device.conftest import run
-from tests.device.test_programs_device import PROGRAMS, ROOT, SETTLE_S, check, expected
+from tests.device.test_programs_device import PROGRAMS, ROOT, check, send_in_time
 
 LOADER = ROOT / "tests" / "pin_loader.py"
 FIND_LIMIT_S = 30.0  # the daemon's rescans after an add end at 12 s
@@ -80,19 +80,7 @@ def test_a_program_pinned_by_another_loader_gives_its_trace(
                 await asyncio.sleep(0.05)
             (sp,) = d.programs[dev.hid_id].programs
             assert sp.error == "" and sp.pinned == str(pin_dir), sp
-            await settle_udev()
-            events = rec.events()
-            first = events[0][0]
-            live.t0 = time.monotonic_ns()
-            lag = 0.0
-            for t_ns, _rdev, data in events:
-                delay = (live.t0 + (t_ns - first) - time.monotonic_ns()) / 1e9
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                lag = max(lag, (time.monotonic_ns() - live.t0 - (t_ns - first)) / 1e9)
-                live.send(dev, data)
-            await asyncio.sleep(max(t.t for t in expected(name)) - (events[-1][0] - first) / 1e9)
-            await asyncio.sleep(SETTLE_S)
+            lag = await send_in_time(live, rec, name, lambda _rdev: dev)
             status = d.status()
             trace = live.trace()
             await live.remove(dev)

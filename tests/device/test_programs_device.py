@@ -13,16 +13,17 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hidbpfd.devices.uhid import UHID_FEATURE_REPORT, UhidEvent
+from hidbpfd.devices.uhid_protocol import UHID_FEATURE_REPORT, UhidEvent
 from hidbpfd.kernel import libbpf as lb
 from hidbpfd.kernel.compile import compile_program
-from hidbpfd.replay.live import LiveSession, settle_udev
-from hidbpfd.replay.recording import RecordedDevice
+from hidbpfd.replay.live import LiveDevice, LiveSession, settle_udev
+from hidbpfd.replay.recording import RecordedDevice, Recording
 from hidbpfd.replay.recording import load as load_rec
 from hidbpfd.replay.virtual import TraceLine
 from tests.device.conftest import run
@@ -72,21 +73,34 @@ async def play(name: str, cfg: Path, **uhid: Any) -> tuple[list[TraceLine], floa
             assert d.hid_id in live.daemon.programs, f"no program loaded on {d.hid_id}"
             served = live.daemon.programs[d.hid_id].programs
             assert [sp.error for sp in served] == [""], served
-        await settle_udev()
-        events = rec.events()
-        first = events[0][0]
-        live.t0 = time.monotonic_ns()
-        lag = 0.0
-        for t_ns, rdev, data in events:
-            delay = (live.t0 + (t_ns - first) - time.monotonic_ns()) / 1e9
-            if delay > 0:
-                await asyncio.sleep(delay)
-            lag = max(lag, (time.monotonic_ns() - live.t0 - (t_ns - first)) / 1e9)
-            live.send(by_index[rdev.index], data)
-        await asyncio.sleep(max(t.t for t in expected(name)) - (events[-1][0] - first) / 1e9)
-        await asyncio.sleep(SETTLE_S)
+        lag = await send_in_time(live, rec, name, lambda rdev: by_index[rdev.index])
         status = live.daemon.status()
         return live.trace(), lag, status
+
+
+async def send_in_time(
+    live: LiveSession,
+    rec: Recording,
+    name: str,
+    device: Callable[[RecordedDevice], LiveDevice],
+) -> float:
+    """Send ``rec``'s reports at their times (from now on) to ``device(recorded device)``, then
+    wait until the expected trace of ``name`` is over and settle. Returns how late the sender
+    was at worst (s); sets ``live.t0``."""
+    await settle_udev()
+    events = rec.events()
+    first = events[0][0]
+    live.t0 = time.monotonic_ns()
+    lag = 0.0
+    for t_ns, rdev, data in events:
+        delay = (live.t0 + (t_ns - first) - time.monotonic_ns()) / 1e9
+        if delay > 0:
+            await asyncio.sleep(delay)
+        lag = max(lag, (time.monotonic_ns() - live.t0 - (t_ns - first)) / 1e9)
+        live.send(device(rdev), data)
+    await asyncio.sleep(max(t.t for t in expected(name)) - (events[-1][0] - first) / 1e9)
+    await asyncio.sleep(SETTLE_S)
+    return lag
 
 
 def readers(lines: list[TraceLine]) -> list[TraceLine]:

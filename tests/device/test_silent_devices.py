@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from hidbpfd.devices.uhid import UHID_GET_REPORT, UhidEvent
+from hidbpfd.devices.uhid_protocol import UHID_GET_REPORT, UhidEvent
 from hidbpfd.replay.live import LiveDevice, LiveSession
 from tests.device.conftest import open_fds, run
 from tests.device.test_daemon_device import device, until

@@ -13,7 +13,8 @@ import time
 import pytest
 
 from hidbpfd.devices.hidraw import HidrawReader, HidrawReportIO
-from hidbpfd.devices.uhid import (
+from hidbpfd.devices.uhid import UhidDevice
+from hidbpfd.devices.uhid_protocol import (
     UHID_CLOSE,
     UHID_DEV_NUMBERED_FEATURE_REPORTS,
     UHID_DEV_NUMBERED_INPUT_REPORTS,
@@ -26,7 +27,6 @@ from hidbpfd.devices.uhid import (
     UHID_OUTPUT_REPORT,
     UHID_SET_REPORT,
     UHID_START,
-    UhidDevice,
     pack_create2,
     pack_get_report_reply,
     pack_input2,

@@ -17,7 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hidbpfd.cli import _cmd_check, main
+from hidbpfd.cli import main
+from hidbpfd.commands.files import cmd_check
 from hidbpfd.config import load
 from tests.fuzz.corpus import TOML_TOKENS, bounded, corpus
 from tests.unit.test_bad_policy_files import CASES
@@ -63,7 +64,7 @@ def test_mutated_policy_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]
             # check's own code (load, validators, the kernel engine's parameter check);
             # every 50th through the whole command line
             if i % 50:
-                rc = _cmd_check(argparse.Namespace(paths=[str(p)], quiet=True))
+                rc = cmd_check(argparse.Namespace(paths=[str(p)], quiet=True))
             else:
                 rc = main(["check", "--quiet", str(p)])
         err = capsys.readouterr().err

@@ -11,21 +11,7 @@ import pytest
 
 from hidbpfd.replay.recording import RecordedDevice, Recording
 from hidbpfd.replay.virtual import replay
-from tests.helpers import LONG_REPORT_RDESC, config_from
-
-POLICIES = """\
-[[policy]]
-type = "defer"
-name = "hold-long"
-match = "02 00"
-delay_ms = 20
-
-[[policy]]
-type = "inject"
-name = "short-macro"
-match = "01 68"
-reports = ["01 04"]
-"""
+from tests.helpers import LONG_REPORT_RDESC, config_from, long_report_policies
 
 
 def test_replay_refuses_a_defer_that_could_hold_a_200_byte_report(
@@ -40,7 +26,7 @@ def test_replay_refuses_a_defer_that_could_hold_a_200_byte_report(
     dev.events = [(0, long), (1_000_000, macro)]
     trace = [
         (x.kind, x.data)
-        for x in replay(Recording("<test>", [dev]), config_from(tmp_path, POLICIES))
+        for x in replay(Recording("<test>", [dev]), config_from(tmp_path, long_report_policies()))
     ]
     assert trace == [("pass", long.hex()), ("pass", macro.hex()), ("inject", "0104")]
     (line,) = [r.getMessage() for r in caplog.records]

@@ -28,7 +28,8 @@ from typing import Any
 import pytest
 
 from hidbpfd.devices.hidraw import HidrawReader
-from hidbpfd.devices.uhid import UhidDevice, UhidEvent
+from hidbpfd.devices.uhid import UhidDevice
+from hidbpfd.devices.uhid_protocol import UhidEvent
 from hidbpfd.replay.recording import load as load_rec
 from tests.helpers import LIMIT_S
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from hidbpfd.devices.uhid import UHID_OUTPUT, UHID_SET_REPORT
+from hidbpfd.devices.uhid_protocol import UHID_OUTPUT, UHID_SET_REPORT
 from tests.device.conftest import run
 from tests.helpers import LIMIT_S
 from tests.service.conftest import (

@@ -18,7 +18,8 @@ import pytest
 
 from hidbpfd.config import load
 from hidbpfd.engine.dispatch import Binding, Outcome
-from hidbpfd.kernel import engine as K
+from hidbpfd.kernel import engine as KE
+from hidbpfd.kernel import engine_codec as K
 from hidbpfd.kernel.bpf import BPF_DIR
 from hidbpfd.kernel.source import DEVICE_RULES_SIZE, RULE_SIZE
 from hidbpfd.model import DeviceId, Pattern
@@ -280,7 +281,7 @@ def test_refusal_reasons(case: Case) -> None:
     with pytest.raises(K.EngineRefused, match=re.escape(case.reason)):
         K.encode_config(1, case.bindings)
     # the engine object says so too, whatever this kernel is (and why this kernel cannot)
-    assert case.reason in (K.KernelEngine().supports(case.bindings) or "")
+    assert case.reason in (KE.KernelEngine().supports(case.bindings) or "")
 
 
 def test_limits_are_inclusive() -> None:
@@ -293,7 +294,7 @@ def test_limits_are_inclusive() -> None:
 def test_kernel_reason_matches_this_kernel() -> None:
     from hidbpfd.kernel.probe import probe
 
-    reason = K.kernel_reason()
+    reason = KE.kernel_reason()
     facts = probe(load=False)
     if not facts["hid_bpf_struct_ops"]["ok"]:
         assert reason is not None and "HID-BPF" in reason
@@ -446,7 +447,7 @@ def test_daemon_refuses_what_the_kernel_cannot_run(tmp_path: Path) -> None:
     from hidbpfd.kernel.engine import KernelEngine
     from tests.daemon.harness import IN_RANGE, KBD, OUT_OF_PROX, PEN, running, until
 
-    reason = K.kernel_reason()
+    reason = KE.kernel_reason()
 
     def factory(on_outcome: Any) -> Any:
         if reason is None:  # a HID-BPF kernel: make it refuse all the same
@@ -534,4 +535,4 @@ def test_engine_kfuncs_are_read_by_the_probe() -> None:
     kernel's BTF: each must be among the names the probe looks up."""
     from hidbpfd.kernel import probe
 
-    assert set(K.KFUNCS) <= set(probe.FUNCS)
+    assert set(KE.KFUNCS) <= set(probe.FUNCS)

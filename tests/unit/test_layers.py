@@ -15,6 +15,7 @@ PURE = [
     "model.py",
     "devices/descriptor.py",
     "devices/facts.py",
+    "devices/uhid_protocol.py",
     "replay/recording.py",
     "replay/virtual.py",
     *[f"policies/{p.name}" for p in (PKG / "policies").glob("*.py")],
@@ -42,6 +43,7 @@ FORBIDDEN = (
     "hidbpfd.demo",
     "hidbpfd.daemon",
     "hidbpfd.cli",
+    "hidbpfd.commands",
     "hidbpfd.vm",
     "hidbpfd.kernel.probe",
     "hidbpfd.bench",
@@ -75,6 +77,7 @@ def test_pure_module_imports(rel: str) -> None:
 
 
 LAYERS = ("hidbpfd.kernel", "hidbpfd.devices", "hidbpfd.service", "hidbpfd.daemon", "hidbpfd.cli")
+LAYERS += ("hidbpfd.commands",)
 
 
 @pytest.mark.parametrize("rel", sorted(LAYERED))
@@ -88,6 +91,7 @@ def test_layered_module_imports(rel: str) -> None:
 def test_lower_layers_never_import_upper_ones() -> None:
     """kernel/ and devices/ never reach up into service/, the daemon, the CLI or bench/."""
     upper = ("hidbpfd.service", "hidbpfd.daemon", "hidbpfd.cli", "hidbpfd.bench", "hidbpfd.runtime")
+    upper += ("hidbpfd.commands",)
     bad = []
     for pkg in ("kernel", "devices"):
         for path in (PKG / pkg).rglob("*.py"):
@@ -106,7 +110,8 @@ def test_the_check_sees_imports() -> None:
 # its own package's __init__, which re-exports them), so the order below is their layering.
 PARTS = {
     "daemon": ("state", "kernel_engine", "programs", "devices", "status", "reload", "lifecycle"),
-    "vm": ("setup", "rootfs", "boot"),
+    "vm": ("setup", "rootfs", "command", "boot"),
+    "kernel/libbpf": ("library", "syscalls", "objects", "ringbuf", "btf"),
     "bench/devices": (
         "plan",
         "measure",
@@ -156,7 +161,7 @@ def test_the_vm_tier_stands_alone() -> None:
 def test_the_daemon_never_reaches_up() -> None:
     """The daemon's parts serve the CLI, the live replay and the benchmark; never the reverse."""
     upper = ("hidbpfd.cli", "hidbpfd.runtime", "hidbpfd.bench", "hidbpfd.vm", "hidbpfd.demo")
-    upper += ("hidbpfd.replay.live",)
+    upper += ("hidbpfd.replay.live", "hidbpfd.commands")
     bad = [
         f"{path.relative_to(PKG)} imports {m}"
         for path in (PKG / "daemon").glob("*.py")

@@ -13,18 +13,20 @@ import pytest
 from hidbpfd.vm import boot
 from hidbpfd.vm.boot import (
     BOOT_RETRIES,
-    GUEST_SETUP_FAILED,
-    READY_MARKER,
     BootOutcome,
-    VmArgs,
     boot_again,
     boot_failure,
     failure_excerpt,
+    shown,
+)
+from hidbpfd.vm.command import (
+    GUEST_SETUP_FAILED,
+    READY_MARKER,
+    VmArgs,
     guest_env,
     guest_script,
     kvm_usable,
     parse_args,
-    shown,
     vng_command,
 )
 from hidbpfd.vm.setup import (

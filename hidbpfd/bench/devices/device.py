@@ -66,7 +66,8 @@ async def create_device(
 ) -> BenchDevice:
     """``engine``'s uhid device (the policies' one; ``product``, ``descriptor`` and ``label``
     for another, e.g. the example programs')."""
-    from hidbpfd.devices.uhid import BUS_USB, UhidDevice
+    from hidbpfd.devices.uhid import UhidDevice
+    from hidbpfd.devices.uhid_protocol import BUS_USB
 
     what = f"{label} {engine}" if label else engine
     dev = UhidDevice()

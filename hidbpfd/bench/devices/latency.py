@@ -50,7 +50,7 @@ async def run_inject(devs: dict[str, BenchDevice], p: Plan, rng: random.Random) 
 
 
 async def run_reinit(devs: dict[str, BenchDevice], p: Plan, rng: random.Random) -> None:
-    from hidbpfd.devices.uhid import UHID_OUTPUT
+    from hidbpfd.devices.uhid_protocol import UHID_OUTPUT
 
     for i in range(p.reinit):
         for bd in _alternating(devs, i):

@@ -253,7 +253,7 @@ async def _inject(bd: BenchDevice, i: int) -> None:
 
 
 async def _reinit(bd: BenchDevice, i: int) -> None:
-    from hidbpfd.devices.uhid import UHID_GET_REPORT, UHID_OUTPUT
+    from hidbpfd.devices.uhid_protocol import UHID_GET_REPORT, UHID_OUTPUT
 
     while not bd.uhid.events.empty():  # stale events
         bd.uhid.events.get_nowait()

@@ -3,7 +3,7 @@
  * engine.h - what the in-kernel engine (engine.bpf.c) and the daemon share.
  *
  * The in-kernel engine runs a device's policies (defer, inject, release-guard, reinit) in
- * HID-BPF instead of the daemon. hidbpfd/kernel/engine.py mirrors every constant and
+ * HID-BPF instead of the daemon. hidbpfd/kernel/engine_codec.py mirrors every constant and
  * struct here (the struct formats are quoted above their Python twins) and
  * tests/unit/test_kernel_engine_params.py compiles this header on the host to check every
  * size and offset. The rule table is the filter's (struct hidbpfd_device_rules, hidbpfd.h):
