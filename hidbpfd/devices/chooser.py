@@ -132,7 +132,8 @@ def injector_factory(
         # RSS, and most devices never need this sink (the in-kernel injector comes first)
         import evdev
 
-        from hidbpfd.devices.uinput import EventMapper, UinputInjector
+        from hidbpfd.devices.evdev_map import EventMapper
+        from hidbpfd.devices.uinput import UinputInjector
 
         mapper = EventMapper(parse(read_descriptor(hd, sys_root)), hd.id.describe())
         dev = hd.id

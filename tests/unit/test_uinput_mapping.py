@@ -12,7 +12,8 @@ import pytest
 from evdev import ecodes as e
 
 from hidbpfd.devices.descriptor import parse
-from hidbpfd.devices.uinput import HID_KEYBOARD, EventMapper, pack_events
+from hidbpfd.devices.evdev_map import HID_KEYBOARD, EventMapper
+from hidbpfd.devices.uinput import pack_events
 from hidbpfd.replay.recording import load
 from tests.unit.test_hid_descriptor import MOUSE
 
@@ -290,7 +291,7 @@ def test_keyboard_table_shape() -> None:
 def test_unmapped_usage_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     """One line per unmapped usage, ever: variable fields at creation, array entries at first
     sight; one line per report ID with nothing mapped."""
-    caplog.set_level(logging.INFO, logger="hidbpfd.devices.uinput")
+    caplog.set_level(logging.INFO, logger="hidbpfd.devices.evdev_map")
     vendor = EventMapper(parse(DESCRIPTORS["vendor"]), "dev")
     for _ in range(5):
         vendor.translate(h("10 ff 80 00"))
