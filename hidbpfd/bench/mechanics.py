@@ -32,7 +32,8 @@ from hidbpfd.engine.scheduler import Scheduler
 from hidbpfd.engine.stats import Window
 from hidbpfd.engine.timerfd import TimerfdDriver
 from hidbpfd.kernel import libbpf as lb
-from hidbpfd.kernel.source import FEED_FORMAT, BpfEventSource, Record
+from hidbpfd.kernel.filter_codec import FEED_FORMAT, Record
+from hidbpfd.kernel.source import BpfEventSource
 from hidbpfd.model import DeviceId, Pattern
 from hidbpfd.policies.inject import InjectPolicy
 

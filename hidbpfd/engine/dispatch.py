@@ -184,7 +184,7 @@ def refusal(b: Binding, long: TooLong) -> str:
 
 
 class EventRecord(Protocol):
-    """What the event source hands over per report (``hidbpfd.kernel.source.Record``)."""
+    """What the event source hands over per report (``hidbpfd.kernel.filter_codec.Record``)."""
 
     @property
     def hid_id(self) -> int: ...

@@ -15,7 +15,7 @@ from typing import Final
 
 from hidbpfd.engine.dispatch import Binding, Outcome, build_table
 from hidbpfd.engine.filter import RECORD_DATA_MAX, RuleTableError, check_table
-from hidbpfd.kernel.source import RULE_FORMAT, RULE_SIZE, encode_rules
+from hidbpfd.kernel.filter_codec import RULE_FORMAT, RULE_SIZE, encode_rules
 from hidbpfd.model import PATTERN_MAX, DeviceId, Pattern
 from hidbpfd.policies.defer import Defer
 from hidbpfd.policies.inject import InjectPolicy
@@ -221,7 +221,7 @@ def encode_policy(b: Binding, rule_off: int) -> bytes:
 
 
 def _rule_bytes(pat: Pattern) -> bytes:
-    # struct hidbpfd_rule, as kernel.source.encode_rules writes it (group and flags unused)
+    # struct hidbpfd_rule, as kernel.filter_codec.encode_rules writes it (group and flags unused)
     n = len(pat.data)
     return struct.pack(RULE_FORMAT, pat.data, pat.mask[:n], n, 0, 0, 0)
 

@@ -24,6 +24,7 @@ from typing import Final
 
 from hidbpfd.kernel import libbpf as lb
 from hidbpfd.kernel.bpf import MAIN_OBJECT
+from hidbpfd.kernel.filter_codec import FEED_SIZE
 
 VMLINUX_BTF: Final = Path("/sys/kernel/btf/vmlinux")
 HID_MODULE_BTF: Final = Path("/sys/kernel/btf/hid")
@@ -183,8 +184,6 @@ def _feeder(obj_path: Path) -> Check:
     except lb.BpfError as e:
         return no(f"loading the feeder: {e}", e.errno)
     try:
-        from hidbpfd.kernel.source import FEED_SIZE  # (source imports this module)
-
         ctx = ctypes.create_string_buffer(FEED_SIZE)  # struct hidbpfd_feed, no device 0 rules
         ret = lb.prog_test_run(obj.program("hidbpfd_feed").fd, ctx)
     except lb.BpfError as e:

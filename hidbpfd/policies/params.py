@@ -19,7 +19,7 @@ NS_PER_MS: Final = 1_000_000
 MAX_DELAY_MS: Final = 3_600_000
 INJECT_MAX: Final = 512
 """Bytes one injected report can have: what the in-kernel injector carries
-(``HIDBPFD_IO_DATA_MAX``, ``kernel/source.py``'s ``IO_DATA_MAX``; the uhid mirror takes more,
+(``HIDBPFD_IO_DATA_MAX``, ``kernel/filter_codec.py``'s ``IO_DATA_MAX``; the uhid mirror takes more,
 but which injector a device gets depends on its kernel). ``check`` names it."""
 SEND_MAX: Final = 4096
 """Bytes one output or feature report (and a verify read) can have: uhid's ``UHID_DATA_MAX``,

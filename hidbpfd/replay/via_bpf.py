@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from typing import Final
 
 from hidbpfd.engine.filter import Verdict
+from hidbpfd.kernel.filter_codec import Record
 from hidbpfd.kernel.libbpf import BpfError
-from hidbpfd.kernel.source import BpfEventSource, BpfUnavailable, Record
+from hidbpfd.kernel.source import BpfEventSource, BpfUnavailable
 from hidbpfd.model import DeviceId, DeviceRule
 
 __all__ = ["BpfFilterBackend", "BpfUnavailable"]

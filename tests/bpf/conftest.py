@@ -13,8 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from hidbpfd.kernel.filter_codec import Record
 from hidbpfd.kernel.probe import probe
-from hidbpfd.kernel.source import BpfEventSource, Record
+from hidbpfd.kernel.source import BpfEventSource
 
 _hid_ids = itertools.count(0x1000)
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hidbpfd.engine.filter import RECORD_DATA_MAX, RuleTableError, arm_us
-from hidbpfd.kernel.source import (
+from hidbpfd.kernel.filter_codec import (
     DEVICE_RULES_SIZE,
     REC_HELD,
     REC_TRUNCATED,

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hidbpfd.engine.filter import RECORD_DATA_MAX, Filter, Verdict
-from hidbpfd.kernel.source import VERDICT_HOLD, VERDICT_NOTIFY, VERDICT_QUIET
+from hidbpfd.kernel.filter_codec import VERDICT_HOLD, VERDICT_NOTIFY, VERDICT_QUIET
 from hidbpfd.model import ANY_REPORT, RULES_MAX, DeviceRule, Pattern, Rule, RuleFlag
 from hidbpfd.replay.via_bpf import EPOCH_NS
 from tests.bpf.conftest import Collected, new_hid_id

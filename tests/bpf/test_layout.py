@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from hidbpfd.engine.filter import RECORD_DATA_MAX
-from hidbpfd.kernel import source as B
+from hidbpfd.kernel import filter_codec as B
 from hidbpfd.kernel.bpf import HEADER
 from hidbpfd.model import PATTERN_MAX, RULES_MAX, RuleFlag
 

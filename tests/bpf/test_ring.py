@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from hidbpfd.engine.filter import Filter
-from hidbpfd.kernel.source import RECORD_SIZE, VERDICT_DROPPED, VERDICT_HOLD, BpfEventSource, Record
+from hidbpfd.kernel.filter_codec import RECORD_SIZE, VERDICT_DROPPED, VERDICT_HOLD, Record
+from hidbpfd.kernel.source import BpfEventSource
 from hidbpfd.model import ANY_REPORT, DeviceRule, Pattern, Rule, RuleFlag
 from tests.bpf.conftest import Collected, new_hid_id, require_bpf
 from tests.helpers import LIMIT_S

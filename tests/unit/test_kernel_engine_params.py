@@ -21,7 +21,7 @@ from hidbpfd.engine.dispatch import Binding, Outcome
 from hidbpfd.kernel import engine as KE
 from hidbpfd.kernel import engine_codec as K
 from hidbpfd.kernel.bpf import BPF_DIR
-from hidbpfd.kernel.source import DEVICE_RULES_SIZE, RULE_SIZE
+from hidbpfd.kernel.filter_codec import DEVICE_RULES_SIZE, RULE_SIZE
 from hidbpfd.model import DeviceId, Pattern
 from hidbpfd.policies.defer import Defer
 from hidbpfd.policies.inject import InjectPolicy
