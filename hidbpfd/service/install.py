@@ -227,7 +227,8 @@ def plan_install(
 
 def plan_uninstall(root: Path | None, *, systemd_running: bool | None = None) -> list[Step]:
     """What ``uninstall-service`` does: stop and disable (live system), remove the four
-    files, keep the policy directory, take back the pins rule's grants (live system), reload. Called by :func:`uninstall`."""
+    files, keep the policy directory, take back the pins rule's grants (live system),
+    reload. Called by :func:`uninstall`."""
     running = root is None and (_systemd_running() if systemd_running is None else systemd_running)
     steps = []
     unit = _target(root, FILES[0][0])
