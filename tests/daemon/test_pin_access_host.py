@@ -57,17 +57,20 @@ def pin_like_a_root_loader(bpffs: Path) -> tuple[Path, Path]:
     return pen, plain
 
 
-def opens(path: Path) -> str:
-    """Try ``bpf_obj_get(path)`` as uid 65534, group nogroup only, with CAP_BPF (the service's
-    situation); returns "ok" or the errno's name."""
+OPENS = (
+    "import errno, sys\n"
+    "from hidbpfd.kernel import libbpf as lb\n"
+    "try:\n    lb.obj_get(sys.argv[1]); print('ok')\n"
+    "except lb.BpfError as e:\n    print(errno.errorcode.get(e.errno, e.errno))\n"
+)
+DENIED = "import sys\nfrom hidbpfd.kernel import pins\nprint(pins.denied(sys.argv[1]))\n"
+
+
+def opens(path: Path, code: str = OPENS) -> str:
+    """Try ``bpf_obj_get(path)`` (or ``code``) as uid 65534, group nogroup only, with CAP_BPF
+    (the service's situation); returns "ok" or the errno's name (what ``code`` prints)."""
     if shutil.which("setpriv") is None:
         pytest.skip("no setpriv")
-    code = (
-        "import errno, sys\n"
-        "from hidbpfd.kernel import libbpf as lb\n"
-        "try:\n    lb.obj_get(sys.argv[1]); print('ok')\n"
-        "except lb.BpfError as e:\n    print(errno.errorcode.get(e.errno, e.errno))\n"
-    )
     argv = [
         "setpriv",
         f"--reuid={UID}",
@@ -80,7 +83,8 @@ def opens(path: Path) -> str:
         code,
         str(path),
     ]
-    done = subprocess.run(argv, capture_output=True, text=True, check=False, cwd="/")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, cwd="/", env=env)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
@@ -89,6 +93,9 @@ def test_grant_gives_the_group_the_api_pins_only(bpffs: Path) -> None:
     pen, plain = pin_like_a_root_loader(bpffs)
     assert stat.S_IMODE(bpffs.stat().st_mode) & 0o777 == 0o700
     assert opens(pen / "hidbpfd_requests") == "EACCES"  # as the service finds them today
+    # what the daemon reports: the first directory it may not search, its owner and mode
+    why = opens(pen / "hidbpfd_requests", DENIED)
+    assert why == f"no search (x) permission on {bpffs} (uid 0 gid 0 mode 0700) for uid {UID}"
     assert pin_access.main([SYSNAME, "--root", str(bpffs / "hid"), "--group", GROUP]) == 0
     gid = grp.getgrnam(GROUP).gr_gid
     for m in pin_access.API_MAPS:
@@ -97,6 +104,11 @@ def test_grant_gives_the_group_the_api_pins_only(bpffs: Path) -> None:
         assert opens(pen / m) == "ok", m
     # nothing else: the other map, the object without the API, and nothing to others
     assert opens(pen / "other_map") == "EACCES"
+    assert opens(pen / "hidbpfd_requests", DENIED) == ""
+    assert opens(pen / "other_map", DENIED) == (
+        f"no read-write permission on {pen / 'other_map'} (uid 0 gid 0 mode 0600) for uid "
+        f"{UID} gid {gid}"
+    )
     assert opens(plain / "plain_map") == "EACCES"
     assert stat.S_IMODE((pen / "other_map").stat().st_mode) == 0o600
     assert (plain.stat().st_gid, stat.S_IMODE(plain.stat().st_mode) & 0o077) != (gid, 0o010)
