@@ -69,7 +69,7 @@ def test_the_pins_rule_is_installed() -> None:
 def test_a_program_pinned_by_a_root_loader_is_served_by_the_unit(stand_in_loader: None) -> None:
     gid = grp.getgrnam("hidbpfd").gr_gid
 
-    async def body() -> tuple[str, dict[str, object], list[bytes]]:
+    async def body() -> tuple[str, dict[str, object], list[bytes], str]:
         # capture_device waits until the service manages the pen: with no [[policy]] for it,
         # only the pinned program can make it so
         async with capture_device("pen-proximity.hid") as pen:
@@ -85,10 +85,11 @@ def test_a_program_pinned_by_a_root_loader_is_served_by_the_unit(stand_in_loader
                 ),
                 "the program's counters",
             )
-            return pen.hid_id, device_status(pen.hid_id) or {}, list(pen.read)
+            text = sh("hidbpfd", "status")  # the text form, while the pen is there
+            return pen.hid_id, device_status(pen.hid_id) or {}, list(pen.read), text
 
     try:
-        hid_id, entry, read = run(body())
+        hid_id, entry, read, text = run(body())
     except pytest.fail.Exception as e:
         pytest.fail(f"{e}\nsystemd-udevd's log:\n{udev_log()}")
     assert read == [IN_RANGE, OUT_OF_RANGE], read
@@ -98,7 +99,6 @@ def test_a_program_pinned_by_a_root_loader_is_served_by_the_unit(stand_in_loader
     assert prog["engine"] == "userspace" and prog["errors"] == 0 and prog["refused"] == {}, prog
     assert prog["requests"] >= 1 and prog["held"] >= 1 and prog["injected"] >= 1, prog
     assert entry["managed"] and entry["served_by"] == "programs", entry
-    text = sh("hidbpfd", "status")
     assert f"program pinned:{pin_dir}: pinned by another loader" in text, text
     assert ": programs only" in text, text
     # what the rule granted: the group, only what the daemon needs
