@@ -91,15 +91,14 @@ def decide(path: str, st: os.stat_result, gid: int, need: int) -> Change | None:
 def targets(root: str, sysname: str) -> list[tuple[str, int]]:
     """The paths to grant and what each needs, in order from the top: the bpffs directories
     down to ``root``, the device's directory (both spellings), its API objects and their
-    map pins. Only existing paths on the same file system as ``root``."""
+    map pins. Only existing paths on the same file system as ``root``; nothing at all if no
+    object of the device has the API's ring (a device with other programs, or none)."""
     top = Path(root)
     try:
         dev = top.stat().st_dev
     except OSError:
         return []
-    out: list[tuple[str, int]] = []
-    ups = [p for p in [top, *top.parents] if p != Path("/") and _same_fs(p, dev)]
-    out += [(str(p), X) for p in reversed(ups)]
+    found: list[tuple[str, int]] = []
     for name in dict.fromkeys((pin_name(sysname), sysname)):
         d = top / name
         try:  # a bpffs answers EPERM for a name with a dot (the sysname)
@@ -108,10 +107,16 @@ def targets(root: str, sysname: str) -> list[tuple[str, int]]:
             objs = [o for o in sorted(d.iterdir()) if o.is_dir() and (o / API_MAPS[0]).exists()]
         except OSError:
             continue
-        out.append((str(d), R | X))
+        if not objs:  # nothing of the API pinned for the device: grant nothing
+            continue
+        found.append((str(d), R | X))
         for obj in objs:
-            out.append((str(obj), X))
-            out += [(str(obj / m), R | W) for m in API_MAPS if (obj / m).exists()]
+            found.append((str(obj), X))
+            found += [(str(obj / m), R | W) for m in API_MAPS if (obj / m).exists()]
+    if not found:
+        return []
+    ups = [p for p in [top, *top.parents] if p != Path("/") and _same_fs(p, dev)]
+    out = [(str(p), X) for p in reversed(ups)] + found
     return out
 
 

@@ -134,6 +134,15 @@ def test_a_path_another_group_has_rights_on_is_left_alone(bpffs: Path, capsys: o
     assert opens(pen / "hidbpfd_requests") == "ok"  # the others were granted
 
 
+def test_nothing_is_granted_for_a_device_without_api_objects(bpffs: Path) -> None:
+    _pen, plain = pin_like_a_root_loader(bpffs)
+    shutil.rmtree(_pen)  # only an object without the API is left
+    assert pin_access.main([SYSNAME, "--root", str(bpffs / "hid"), "--group", GROUP]) == 0
+    for p in (bpffs, bpffs / "hid", plain.parent, plain, plain / "plain_map"):
+        assert p.stat().st_gid == 0, p
+    assert stat.S_IMODE(bpffs.stat().st_mode) & 0o777 == 0o700
+
+
 def test_a_missing_group_is_said() -> None:
     assert pin_access.grant("/nonexistent", SYSNAME, "no-such-group-hidbpfd") == [
         "group 'no-such-group-hidbpfd' does not exist (hidbpfd install-service makes it)"
