@@ -25,7 +25,7 @@ from setuptools.command.build_py import build_py
 HERE = Path(__file__).resolve().parent
 BPF_DIR = HERE / "hidbpfd" / "kernel" / "bpf"
 UNITS_DIR = HERE / "units"
-UNIT_FILES = ("hidbpfd.service", "hidbpfd.sysusers", "60-hidbpfd.rules")
+UNIT_FILES = ("hidbpfd.service", "hidbpfd.sysusers", "60-hidbpfd.rules", "82-hidbpfd-pins.rules")
 HOW = (
     "build them first: python -m hidbpfd.kernel.bpf.build (needs clang, llvm, bpftool and "
     "libbpf-dev; tools/setup installs them), or run tools/wheel, which builds them and the wheel"

@@ -75,11 +75,16 @@ class Observability(Programs):
             seen += st.get("matched", 0)
             injected += st.get("injected", 0)
             errors += st.get("errors", 0)
-        managed = len(self.managed.keys() | self.kernel.keys())
+        managed = len(self.managed.keys() | self.kernel.keys() | self._served_by_programs())
         return (
             f"{managed} of {len(self.present)} HID devices managed, {npol} policies; "
             f"{seen} reports heard, {injected} injected, {errors} errors"
         )
+
+    def _served_by_programs(self) -> set[str]:
+        """Devices with at least one program served (loaded by ``[[program]]`` or pinned by
+        another loader, without error): managed even with no ``[[policy]]``."""
+        return {k for k, pd in self.programs.items() if any(not sp.error for sp in pd.programs)}
 
     def status(self) -> dict[str, Any]:
         """Everything ``hidbpfd status`` shows, as a JSON-able dict."""
@@ -100,6 +105,8 @@ class Observability(Programs):
                 entry["refused"] = self.refused[key]
             if key in self.programs:
                 entry["programs"] = self._programs_status(key)
+                if not entry["managed"] and key in self._served_by_programs():
+                    entry.update(managed=True, served_by="programs")
             m = self.managed.get(key)
             slot = self.dispatch.slots.get(key)
             if m is not None and slot is not None:

@@ -17,9 +17,11 @@ callbacks, and its calls are refused and counted (``refused.callback`` in ``stat
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
+import stat
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +44,36 @@ NOT_SERVED: Final = "pinned without the maps of this hidbpfd's <hidbpfd/api.h>"
 NO_CALLBACKS: Final = (
     'pinned by another loader: its SEC("syscall") callbacks are not reachable through map pins'
 )
+
+
+GRANT_HINT: Final = (
+    "hidbpfd install-service's udev rule 82-hidbpfd-pins.rules grants the hidbpfd group this "
+    "after the loader ran; by hand: python3 -m hidbpfd.service.pin_access SYSNAME (as root), "
+    "see docs/programs.md"
+)
+
+
+def _who(path: str) -> str:
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return e.strerror or "?"
+    return f"uid {st.st_uid} gid {st.st_gid} mode {stat.S_IMODE(st.st_mode) & 0o777:04o}"
+
+
+def denied(path: str, need: int = os.R_OK | os.W_OK) -> str:
+    """Why this process cannot use ``path`` (a pin: ``need`` read-write; a directory to list:
+    read), naming the first directory on the way it may not search, or the path itself and its
+    owner and mode; ``""`` if it can. (``os.access``: the real ids, which are the daemon's.)"""
+    parts = os.path.abspath(path).split(os.sep)[1:]
+    for i in range(1, len(parts)):
+        d = os.sep + os.path.join(*parts[:i])
+        if not os.access(d, os.X_OK):
+            return f"no search (x) permission on {d} ({_who(d)}) for uid {os.getuid()}"
+    if os.access(path, need):
+        return ""
+    what = {os.R_OK | os.W_OK: "read-write", os.R_OK: "read"}.get(need, "access")
+    return f"no {what} permission on {path} ({_who(path)}) for uid {os.getuid()} gid {os.getgid()}"
 
 
 def hid_id_of(sysname: str) -> int | None:
@@ -87,7 +119,13 @@ def scan(roots: list[str] | tuple[str, ...], sysname: str) -> list[PinnedObject]
         try:
             names = sorted(os.listdir(dev))
         except OSError as e:
-            log.debug("%s: %s", dev, e.strerror)
+            if e.errno == errno.EACCES:  # say exactly what is missing
+                # the root unreachable: maybe nothing is pinned (info); else pins are there
+                level = logging.WARNING if os.access(root, os.X_OK) else logging.INFO
+                why = denied(str(dev), os.R_OK)
+                log.log(level, "%s: cannot list: %s. %s", dev, why, GRANT_HINT)
+            else:  # ENOENT; EPERM for a name with a dot on a bpffs
+                log.debug("%s: %s", dev, e.strerror)
             continue
         for name in names:
             d = dev / name
@@ -128,7 +166,15 @@ class PinnedInstance:
             )
         try:
             for m in MAPS:
-                self._fds[m] = lb.obj_get(os.path.join(self.pinned.path, m))
+                pin = os.path.join(self.pinned.path, m)
+                try:
+                    self._fds[m] = lb.obj_get(pin)
+                except lb.BpfError as e:
+                    if e.errno != errno.EACCES:
+                        raise
+                    why = denied(pin) or "EACCES from BPF_OBJ_GET"
+                    msg = f"{why}. {GRANT_HINT}"
+                    raise lb.BpfError(f"bpf_obj_get({pin})", e.errno, msg) from None
             self._ring = lb.RingBuffer(self._fds[rq.REQUESTS_MAP], self._on_record)
         except BaseException:
             self.close()

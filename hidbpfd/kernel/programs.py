@@ -48,7 +48,8 @@ class ObjectInfo:
     engine: str
     """``userspace`` (it has the request ring) or ``kernel``."""
     callbacks: frozenset[str]
-    """Its ``SEC("syscall")`` programs: what ``hidbpfd_call`` may name."""
+    """What ``hidbpfd_call`` may name: its ``SEC("syscall")`` programs (userspace engine),
+    its ``HIDBPFD_CALLBACK`` bpf_wq functions (kernel engine)."""
 
 
 def _struct_ops_types(lib: lb.Libbpf, btf: int) -> dict[str, str]:
@@ -74,6 +75,29 @@ def _struct_ops_types(lib: lb.Libbpf, btf: int) -> dict[str, str]:
                 continue
             out[var_name] = typ(target)[4]
     return out
+
+
+WQ_CALLBACK_PREFIX: Final = "hidbpfd__wq_"
+"""What ``HIDBPFD_CALLBACK(name, ...)`` names the bpf_wq function of a kernel-engine build
+(``include/hidbpfd/api_wq.h``)."""
+
+
+def _wq_callbacks(lib: lb.Libbpf, btf: int) -> frozenset[str]:
+    """A kernel-engine object's callbacks: its BTF functions ``hidbpfd__wq_NAME`` (static
+    subprograms, not programs: a bpf_wq runs them), as NAME."""
+    out = set()
+    tid = 1
+    while True:  # btf__type_by_id answers NULL past the last type
+        ptr = lib.fn("btf__type_by_id")(btf, tid)
+        if not ptr:
+            break
+        name_off, info = struct.unpack("<II", ctypes.string_at(ptr, 8))
+        if (info >> 24) & 0x1F == lb.BTF_KIND_FUNC:
+            name = (lib.fn("btf__name_by_offset")(btf, name_off) or b"").decode()
+            if name.startswith(WQ_CALLBACK_PREFIX):
+                out.add(name.removeprefix(WQ_CALLBACK_PREFIX))
+        tid += 1
+    return frozenset(out)
 
 
 def inspect_object(path: str | Path, lib: lb.Libbpf | None = None) -> ObjectInfo:
@@ -104,10 +128,13 @@ def inspect_object(path: str | Path, lib: lb.Libbpf | None = None) -> ObjectInfo
             for n, t in types.items()
             if t == lb.BPF_MAP_TYPE_STRUCT_OPS and ops_types.get(n) == OPS_TYPE
         ]
-        callbacks = frozenset(
-            name for name, prog in obj.programs.items() if prog.section == "syscall"
-        )
         has_ring = types.get(rq.REQUESTS_MAP) == lb.BPF_MAP_TYPE_RINGBUF
+        if has_ring:
+            callbacks = frozenset(
+                name for name, prog in obj.programs.items() if prog.section == "syscall"
+            )
+        else:
+            callbacks = _wq_callbacks(lib, btf) if btf else frozenset()
     finally:
         obj.close()
     if not ops:

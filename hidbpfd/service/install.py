@@ -6,13 +6,16 @@ program of this machine):
 
 - ``/etc/systemd/system/hidbpfd.service``: ``units/hidbpfd.service`` with ``ExecStart=`` naming
   the hidbpfd that runs the command (:func:`hidbpfd_command`);
-- ``/etc/sysusers.d/hidbpfd.conf`` (the ``hidbpfd`` user) and
-  ``/etc/udev/rules.d/60-hidbpfd.rules`` (its group gets the hidraw, uhid and uinput nodes);
+- ``/etc/sysusers.d/hidbpfd.conf`` (the ``hidbpfd`` user),
+  ``/etc/udev/rules.d/60-hidbpfd.rules`` (its group gets the hidraw, uhid and uinput nodes) and
+  ``/etc/udev/rules.d/82-hidbpfd-pins.rules`` (after another loader pinned a device's objects,
+  its group gets what the daemon needs of them: :mod:`hidbpfd.service.pin_access`, run by
+  the Python that runs this command);
 - the directory ``/etc/hidbpfd/devices.d/`` for the policy files;
 
 then, on the live system only, runs ``systemd-sysusers`` on its file, ``udevadm control
 --reload`` and a ``change`` trigger of the hidraw, uhid and uinput nodes, and ``systemctl
-daemon-reload``. ``uninstall-service`` stops and disables the service, removes the three files
+daemon-reload``. ``uninstall-service`` stops and disables the service, removes the four files
 (the policy files and the user stay) and reloads the same way.
 
 ``--root DIR`` is a packager's DESTDIR: every file lands under DIR and nothing else on the
@@ -43,7 +46,11 @@ FILES: Final[tuple[tuple[str, str], ...]] = (
     ("/etc/systemd/system/hidbpfd.service", "hidbpfd.service"),
     ("/etc/sysusers.d/hidbpfd.conf", "hidbpfd.sysusers"),
     ("/etc/udev/rules.d/60-hidbpfd.rules", "60-hidbpfd.rules"),
+    ("/etc/udev/rules.d/82-hidbpfd-pins.rules", "82-hidbpfd-pins.rules"),
 )
+PINS_RULE: Final = "82-hidbpfd-pins.rules"
+SHIPPED_PYTHON: Final = "/usr/bin/python3"
+"""The interpreter ``units/82-hidbpfd-pins.rules`` names; :func:`rule_text` replaces it."""
 POLICY_DIR: Final = "/etc/hidbpfd/devices.d"
 SHIPPED_EXEC: Final = "/usr/bin/hidbpfd"
 """The program ``units/hidbpfd.service`` names; :func:`unit_text` replaces it."""
@@ -130,6 +137,18 @@ def unit_text(shipped: str, command: Sequence[str]) -> str:
     return text
 
 
+def rule_text(shipped: str, python: str) -> str:
+    """The shipped pins rule with ``RUN`` naming ``python`` instead of /usr/bin/python3."""
+    if re.search(r"[\s\"'$%]", python):
+        raise InstallError(
+            f"{python}: a Python path with spaces, quotes, $ or % cannot be named in a udev rule"
+        )
+    old = f'RUN{{program}}+="{SHIPPED_PYTHON} -m '
+    if shipped.count(old) != 1:
+        raise InstallError(f"the shipped {PINS_RULE} has no '{old}...' line to adapt")
+    return shipped.replace(old, f'RUN{{program}}+="{python} -m ')
+
+
 def hidden_paths(paths: Sequence[str]) -> list[str]:
     """Those of ``paths`` (resolved) that ``ProtectHome=yes`` hides from the service."""
     out = []
@@ -174,6 +193,7 @@ def plan_install(
     command: Sequence[str],
     source: Path | None = None,
     systemd_running: bool | None = None,
+    python: str | None = None,
 ) -> list[Step]:
     """What ``install-service`` does: the files, the policy directory, then (live system
     only) the commands. Called by :func:`install`; pure but for reading files."""
@@ -184,6 +204,9 @@ def plan_install(
         if name == UNIT_NAME:
             content = unit_text(shipped, command).encode()
             detail = "ExecStart=" + " ".join(systemd_quote(w) for w in command) + " run ..."
+        elif name == PINS_RULE:
+            py = python or strip_root(os.path.abspath(sys.executable), root)
+            content, detail = rule_text(shipped, py).encode(), f"RUN {py} -m ..."
         else:
             content, detail = shipped.encode(), ""
         target = _target(root, path)
@@ -203,8 +226,9 @@ def plan_install(
 
 
 def plan_uninstall(root: Path | None, *, systemd_running: bool | None = None) -> list[Step]:
-    """What ``uninstall-service`` does: stop and disable (live system), remove the three
-    files, keep the policy directory, reload. Called by :func:`uninstall`."""
+    """What ``uninstall-service`` does: stop and disable (live system), remove the four
+    files, keep the policy directory, take back the pins rule's grants (live system),
+    reload. Called by :func:`uninstall`."""
     running = root is None and (_systemd_running() if systemd_running is None else systemd_running)
     steps = []
     unit = _target(root, FILES[0][0])
@@ -218,6 +242,9 @@ def plan_uninstall(root: Path | None, *, systemd_running: bool | None = None) ->
     policies = _target(root, "/etc/hidbpfd")
     if policies.is_dir():
         steps.append(Step("keep", str(policies), "policy files are never removed"))
+    if root is None:
+        argv = (os.path.abspath(sys.executable), "-m", "hidbpfd.service.pin_access", "--revoke")
+        steps.append(Step("run", " ".join(argv), "the pins rule's grants", argv=argv))
     if running:
         steps += _reload_steps(None)
     return steps

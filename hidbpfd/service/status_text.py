@@ -39,6 +39,8 @@ def _program_lines(d: dict[str, Any]) -> list[str]:
 def _device_lines(d: dict[str, Any]) -> list[str]:
     head = f"  {d['hid_id']} {d['name']!r} ({d['bus']} {d['vendor']}:{d['product']}, {d['hidraw']})"
     refused = [f"      REFUSED {r}" for r in d.get("refused", [])]
+    if d.get("served_by") == "programs":  # no [[policy]]: its programs are the daemon's work
+        return [head + ": programs only", *refused, *_program_lines(d)]
     if not d.get("managed"):
         if d.get("programs"):
             return [head, *refused, *_program_lines(d)]

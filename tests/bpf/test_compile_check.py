@@ -125,6 +125,28 @@ def test_check_accepts_a_program_and_describes_it(tmp_path: Path, cache: Path) -
     )
 
 
+def test_check_lists_the_callbacks_of_a_kernel_engine_object(tmp_path: Path, cache: Path) -> None:
+    """A kernel-engine build's callbacks are bpf_wq functions (hidbpfd__wq_NAME in its BTF),
+    not programs: check names them all the same."""
+    src = EXAMPLES / "wakeup-reinit.bpf.c"
+    out = tmp_path / "wk.bpf.o"
+    res = hidbpfd("compile", "-q", str(src), "--engine", "kernel", "-o", str(out), cache=cache)
+    assert res.returncode == 0, res.stderr
+    res = hidbpfd("check", str(_policy(tmp_path, "wk.bpf.o")), cache=cache)
+    assert res.returncode == 0, res.stderr
+    assert (
+        "program[0] wk.bpf.o: struct_ops wakeup_reinit, kernel engine, callbacks: verify_enabled"
+        in res.stdout
+    ), res.stdout
+    # and one without HIDBPFD_CALLBACK has none
+    out = tmp_path / "pk.bpf.o"
+    pen = EXAMPLES / "pen-proximity.bpf.c"
+    res = hidbpfd("compile", "-q", str(pen), "--engine", "kernel", "-o", str(out), cache=cache)
+    assert res.returncode == 0, res.stderr
+    res = hidbpfd("check", str(_policy(tmp_path, "pk.bpf.o")), cache=cache)
+    assert "pk.bpf.o: struct_ops pen_proximity, kernel engine, callbacks: none" in res.stdout
+
+
 def test_check_refuses_an_object_without_hid_bpf_ops(tmp_path: Path, cache: Path) -> None:
     src = ROOT / "tests" / "bpf" / "programs" / "requests_test.bpf.c"
     assert (

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +23,7 @@ from hidbpfd.kernel import pins
 from hidbpfd.kernel.pins import PinnedInstance
 from hidbpfd.kernel.programs import ObjectInfo, ProgramInstance
 from hidbpfd.runtime import pinned_loader, pinned_scan
+from hidbpfd.service.status_text import render_status
 from tests.daemon.harness import OTHER, running, until
 from tests.daemon.test_programs_host import CALL, DEFER, INJECT, obj, op
 
@@ -39,6 +42,18 @@ def bpffs(tmp_path: Path) -> Iterator[Path]:
         yield root
     finally:
         subprocess.run(["umount", "-l", str(root)], check=False)
+
+
+def managed_count(summary: str) -> int:
+    """N of the status line's "N of M HID devices managed"."""
+    m = re.match(r"(\d+) of \d+ HID devices managed", summary)
+    assert m, summary
+    return int(m.group(1))
+
+
+def device(st: dict[str, Any], key: str) -> dict[str, Any]:
+    (entry,) = [d for d in st["devices"] if d["hid_id"] == key]
+    return entry
 
 
 def other_loader(obj: Path, root: Path) -> tuple[ProgramInstance, Path]:
@@ -63,12 +78,21 @@ def test_daemon_serves_an_object_another_loader_pinned(
         ) as r:
             key = OTHER.key
             assert key not in r.d.programs  # nothing pinned yet
+            before = managed_count(r.d.status_line())
+            assert not device(r.d.status(), key)["managed"]  # no [[policy]] for it
             mine, pin_dir = other_loader(obj, bpffs)
             try:
                 r.d.reload()  # found by the next look (reload, change, the rescans after add)
                 (sp,) = r.d.programs[key].programs
                 assert sp.error == "" and isinstance(sp.handle, PinnedInstance), sp.error
                 assert sp.pinned == str(pin_dir)
+                # served by its program only: managed, in the headline too (issue 13)
+                st = r.d.status()
+                assert managed_count(st["summary"]) == before + 1, st["summary"]
+                entry = device(st, key)
+                assert entry["managed"] and entry["served_by"] == "programs", entry
+                text = render_status(st)
+                assert f"{key} " in text and ": programs only" in text, text
                 # the other loader's program writes requests; the daemon serves them
                 assert op(mine, INJECT, data=b"\x01\x02") == 0
                 await until(lambda: r.got(key, "inject") == [b"\x01\x02"], "the injection")

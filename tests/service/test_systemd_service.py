@@ -53,6 +53,7 @@ def test_installed_by_the_readme_commands() -> None:
     assert "\nExecStart=/usr/local/bin/hidbpfd run --config /etc/hidbpfd/devices.d\n" in unit
     assert Path("/etc/sysusers.d/hidbpfd.conf").is_file()
     assert Path("/etc/udev/rules.d/60-hidbpfd.rules").is_file()
+    assert Path("/etc/udev/rules.d/82-hidbpfd-pins.rules").is_file()
     assert POLICY_DIR.is_dir()
     assert pwd.getpwnam("hidbpfd").pw_shell == "/usr/sbin/nologin"
     assert sh("systemctl", "is-enabled", "hidbpfd").strip() == "enabled"
@@ -278,6 +279,7 @@ def test_uninstall_service_keeps_the_policies() -> None:
         "/etc/systemd/system/hidbpfd.service",
         "/etc/sysusers.d/hidbpfd.conf",
         "/etc/udev/rules.d/60-hidbpfd.rules",
+        "/etc/udev/rules.d/82-hidbpfd-pins.rules",
     ):
         assert not Path(path).exists(), path
     assert sorted(p.name for p in POLICY_DIR.iterdir()) == [

@@ -68,7 +68,7 @@ def test_install_root_lands_under_dir_and_runs_nothing(
     files = [p for p in tree(dest) if (dest / p).is_file()]
     assert files == sorted(p.lstrip("/") for p, _ in FILES)
     assert (dest / "etc/hidbpfd/devices.d").is_dir()
-    for path, name in FILES[1:]:
+    for path, name in FILES[1:3]:
         assert (dest / path.lstrip("/")).read_bytes() == UNITS[name].read_bytes()
         assert oct((dest / path.lstrip("/")).stat().st_mode & 0o777) == "0o644"
     unit = (dest / "etc/systemd/system/hidbpfd.service").read_text().splitlines()
@@ -80,7 +80,12 @@ def test_install_root_lands_under_dir_and_runs_nothing(
     ]
     assert f"write {dest}/etc/systemd/system/hidbpfd.service" in out
     again = hidbpfd("install-service", "--root", str(dest), env=env)
-    assert again.count("unchanged ") == 3 and "write " not in again, again
+    rule = (dest / "etc/udev/rules.d/82-hidbpfd-pins.rules").read_text()
+    shipped_rule = UNITS["82-hidbpfd-pins.rules"].read_text()
+    python = HIDBPFD.read_text().splitlines()[0].removeprefix("#!")  # the script's Python
+    assert rule == shipped_rule.replace('="/usr/bin/python3 -m', f'="{python} -m'), rule
+    assert f'RUN{{program}}+="{python} -m hidbpfd.service.pin_access $kernel"' in rule
+    assert again.count("unchanged ") == 4 and "write " not in again, again
 
 
 def test_install_by_python_m_names_the_interpreter(
@@ -138,7 +143,7 @@ def test_uninstall_keeps_policy_files(
     assert [p for p in tree(dest) if (dest / p).is_file()] == ["etc/hidbpfd/devices.d/50-mine.toml"]
     assert f"keep {dest}/etc/hidbpfd (policy files are never removed)" in out
     out = hidbpfd("uninstall-service", "--root", str(dest), env=env)
-    assert out.count("absent ") == 3, out
+    assert out.count("absent ") == 4, out
     assert not log.exists()
 
 
@@ -157,6 +162,9 @@ def test_live_plan_reloads_in_order(tmp_path: Path) -> None:
     (root / "etc/systemd/system").mkdir(parents=True)
     (root / "etc/systemd/system/hidbpfd.service").write_text("")
     assert not any(s.verb == "run" for s in plan_uninstall(root, systemd_running=True))
+    undo = [s.argv for s in plan_uninstall(None, systemd_running=True) if s.verb == "run"]
+    revoke = (os.path.abspath(sys.executable), "-m", "hidbpfd.service.pin_access", "--revoke")
+    assert undo.index(revoke) < undo.index(("udevadm", "control", "--reload")), undo
 
 
 def test_exec_start_forms() -> None:
