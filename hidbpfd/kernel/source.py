@@ -229,6 +229,8 @@ class BpfEventSource:
         self._obj_path = Path(obj_path) if obj_path else MAIN_OBJECT
         self._ops_path = self._obj_path.with_name(OPS_OBJECT.name)
         self._ring_bytes = ring_bytes
+        self.ring_why = "given"
+        """Where the ring's size came from (``status``; :mod:`hidbpfd.kernel.ringsize`)."""
         self._obj: lb.BpfObject | None = None
         self._ring: lb.RingBuffer | None = None
         self._fds: dict[str, int] = {}
@@ -510,6 +512,11 @@ class BpfEventSource:
             self._loop.remove_reader(self._reader_fd)
         self._loop = None
         self._reader_fd = -1
+
+    @property
+    def ring_bytes(self) -> int:
+        """The ring buffer's size in bytes."""
+        return self._ring_bytes
 
     def drops(self) -> int:
         """Reports that fired a rule while the ring was full, since load (all CPUs)."""
