@@ -182,6 +182,7 @@ _PROTOS: Final[dict[str, tuple[object, list[object]]]] = {
     "bpf_prog_test_run_opts": (_I, [_I, ctypes.POINTER(_TestRunOpts)]),
     "ring_buffer__new": (_VP, [_I, _SAMPLE_FN, _VP, _VP]),
     "ring_buffer__free": (None, [_VP]),
+    "ring_buffer__add": (_I, [_VP, _I, _SAMPLE_FN, _VP]),
     "ring_buffer__consume": (_I, [_VP]),
     "ring_buffer__poll": (_I, [_VP, _I]),
     "ring_buffer__epoll_fd": (_I, [_VP]),
@@ -682,6 +683,13 @@ class RingBuffer:
             self._error = e
             return -errno_mod.ECANCELED
         return 0
+
+    def add(self, map_fd: int) -> None:
+        """Consume another ring buffer map too, through the same ``on_sample`` and epoll fd
+        (drained after the first map, in the order added)."""
+        assert self._ptr is not None, "ring buffer freed"
+        ret = self._lib.fn("ring_buffer__add")(self._ptr, map_fd, self._cb, None)
+        self._lib.check("ring_buffer__add", ret)
 
     @property
     def epoll_fd(self) -> int:

@@ -135,3 +135,48 @@ def test_flood_with_monitors_leaks_nothing(tmp_path: Path, uhid_available: None)
                 await p.unplug()
 
     run(body(), BODY_S)
+
+
+KERNEL_BURST = 1000
+KERNEL_RING = 1 << 14
+"""The engine's rings in this test (16 KiB: a few hundred step records), so that a burst far
+larger than the trace ring is quick to send under emulation."""
+
+
+def test_kernel_engine_step_records_never_take_a_failures_room(
+    tmp_path: Path, uhid_available: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The in-kernel engine, observed (``monitor``), under a burst the daemon does not drain
+    (the burst is sent from the daemon's own loop): its step records fill their ring
+    (``engine_trace``: ``trace_drops``) and are lost, but failures have a ring of their own
+    (``engine_ring``: ``ring_drops`` stays 0), and the engine's own work never depended on
+    either: every report of the burst is held."""
+    import functools
+
+    import hidbpfd.runtime
+    from hidbpfd.kernel.engine import KernelEngine
+    from hidbpfd.replay.live import LiveSession, settle_udev
+    from tests.device.test_kernel_engine import kernel_config
+
+    monkeypatch.setattr(
+        hidbpfd.runtime, "KernelEngine", functools.partial(KernelEngine, ring_bytes=KERNEL_RING)
+    )
+
+    async def body() -> None:
+        async with LiveSession([kernel_config(tmp_path)]) as live:
+            dev = await live.add(device("pen-proximity.hid"))
+            await settle_udev()
+            engine = live.daemon.engine
+            assert engine is not None and engine.observed  # the session observes
+            assert engine.ring_bytes == KERNEL_RING
+            kid = live.daemon.present[dev.hid_id].id.kernel_id
+            for _ in range(KERNEL_BURST):  # no await: nothing drained meanwhile
+                live.send(dev, OUT_OF_PROX)
+            await asyncio.sleep(0.5)
+            st = engine.stats(kid)
+            print(f"kernel engine, {KERNEL_BURST} reports, {KERNEL_RING} B rings: {st}")
+            assert st["ring_drops"] == 0, st  # no failure record lost to the step records
+            assert st["held"] >= KERNEL_BURST, st
+            assert st["trace_drops"] > 0, st  # the burst did overflow the step records' ring
+
+    run(body(), 300)
