@@ -110,6 +110,7 @@ PARTS = {
     "bench/devices": (
         "plan",
         "measure",
+        "monitors",
         "daemon_process",
         "device",
         "latency",
