@@ -170,6 +170,7 @@ def test_kernel_engine_step_records_never_take_a_failures_room(
             assert engine is not None and engine.observed  # the session observes
             assert engine.ring_bytes == KERNEL_RING
             kid = live.daemon.present[dev.hid_id].id.kernel_id
+            await until(lambda: kid in engine.attached(), "the engine attached", 60)
             for _ in range(KERNEL_BURST):  # no await: nothing drained meanwhile
                 live.send(dev, OUT_OF_PROX)
             await asyncio.sleep(0.5)
