@@ -111,3 +111,31 @@ def test_monitors_that_never_read_hold_up_nothing(tmp_path: Path) -> None:
             await until(lambda: not r.d._subscribers, "monitors gone")
 
     asyncio.run(body())
+
+
+def test_a_big_backlog_is_drained_a_turn_at_a_time() -> None:
+    """A ring sized for a long burst never blocks the loop for its whole backlog: consume()
+    handles at most TURN_RECORDS records, then the loop turns (timers, ``status``)."""
+    from hidbpfd.config import load
+    from hidbpfd.engine.dispatch import build_table
+    from hidbpfd.kernel.source import TURN_RECORDS, BpfEventSource
+    from tests.bpf.conftest import require_bpf
+
+    require_bpf()
+    cfg = load([Path(__file__).resolve().parents[2] / "config"])
+    (pen,) = [f for f in cfg.files if Path(f.path).name.startswith("50-28bd__0905")]
+    table, _, _ = build_table(pen.bindings)
+    got: list[object] = []
+    src = BpfEventSource(got.append, ring_bytes=1 << 20)
+    src.open()
+    try:
+        src.set_rules(PEN.kernel_id, table)
+        n = 3 * TURN_RECORDS + 5
+        for _ in range(n):
+            src.feed(PEN.kernel_id, OUT_OF_PROX)
+        counts = []
+        while k := src.consume():
+            counts.append(k)
+        assert counts == [TURN_RECORDS] * 3 + [5] and len(got) == n and src.drops() == 0
+    finally:
+        src.close()
