@@ -37,7 +37,7 @@ async def main():
     for _ in range(600):
         await asyncio.sleep(0.5)
         try:
-            st = await asyncio.to_thread(request, sock, "status")
+            st = await asyncio.to_thread(request, sock, "status", timeout=60)
             if sum(1 for d in st["devices"] if d["hid_id"] in ids and d.get("managed")) == PENS: break
         except OSError: pass
     loop = asyncio.get_running_loop(); socks = []; lines = [0]
@@ -56,7 +56,7 @@ async def main():
         return seen, held, st["ring_drops"]
     ring = st.get("ring", {}).get("bytes", 1 << 20)
     for rate in RATES:
-        st = await asyncio.to_thread(request, sock, "status"); s0, h0, d0 = counts(st); c0 = cpu_ns(p.pid)
+        st = await asyncio.to_thread(request, sock, "status", timeout=60); s0, h0, d0 = counts(st); c0 = cpu_ns(p.pid)
         total = int(rate * SECONDS); sent = 0; t0 = time.monotonic()
         while sent < total:
             due = min(total, int((time.monotonic() - t0) * rate) + 1)
@@ -65,7 +65,7 @@ async def main():
             await asyncio.sleep(0.0005)
         el = time.monotonic() - t0
         for _ in range(1200):
-            st = await asyncio.to_thread(request, sock, "status"); s1, h1, d1 = counts(st)
+            st = await asyncio.to_thread(request, sock, "status", timeout=60); s1, h1, d1 = counts(st)
             if (s1 - s0) + (d1 - d0) >= sent: break
             await asyncio.sleep(0.25)
         drain = time.monotonic() - t0 - el
