@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ring-kib",
         type=int,
         metavar="KIB",
-        help="BPF ring buffer size in KiB (power of 2, default 1024)",
+        help="BPF ring buffer size in KiB (power of 2; default: sized from the devices)",
     )
     rn.add_argument(
         "--timer-spin-us",

@@ -6,20 +6,26 @@ they all run the daemon exactly as the service does.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from hidbpfd.config.load import Config
 from hidbpfd.config.settings import Settings
 from hidbpfd.daemon import Daemon
 from hidbpfd.devices.chooser import injector_factory, report_io_factory
+from hidbpfd.devices.facts import sysfs_facts
 from hidbpfd.devices.sinks import Injector
-from hidbpfd.devices.udev import HidDevice
+from hidbpfd.devices.udev import HidDevice, device_id_from
 from hidbpfd.engine.dispatch import Observer
 from hidbpfd.kernel import orphans, pins
 from hidbpfd.kernel.engine import KernelEngine
 from hidbpfd.kernel.programs import check_object, load_program
+from hidbpfd.kernel.ringsize import ring_size
 from hidbpfd.kernel.source import BpfEventSource
+
+log = logging.getLogger("hidbpfd.daemon")
 
 
 def build_daemon(
@@ -39,7 +45,11 @@ def build_daemon(
         # called once by Daemon.run(), before any device is attached: first let go of what
         # an earlier instance (an older version, or one killed mid-run) left registered
         orphans.clean()
-        src = BpfEventSource(cb, ring_bytes=ring_kib * 1024)
+        # the config is loaded by now (Daemon.run loads it first); the devices not yet
+        size = ring_size(devices_with_rules(d.config), ring_kib=ring_kib)
+        log.info("BPF ring buffer: %s", size.describe())
+        src = BpfEventSource(cb, ring_bytes=size.bytes)
+        src.ring_why = size.why
         sources.append(src)
         return src
 
@@ -49,7 +59,7 @@ def build_daemon(
     def make_engine(on_outcome: Observer) -> KernelEngine:
         return KernelEngine(on_outcome)
 
-    return Daemon(
+    d = Daemon(
         config_paths,
         make_source,
         make_injector,
@@ -64,6 +74,27 @@ def build_daemon(
         pinned_scan=pinned_scan((settings or Settings()).pin_roots),
         pinned_loader=pinned_loader,
     )
+    return d
+
+
+def devices_with_rules(config: Config, sys_root: Path = Path("/sys")) -> int:
+    """HID devices present now (sysfs) that ``config`` gives userspace-engine policies to: what
+    the ring is sized for (:func:`hidbpfd.kernel.ringsize.ring_size`)."""
+    n = 0
+    for dev in sorted((sys_root / "bus/hid/devices").glob("*")):
+        try:
+            props = dict(
+                line.split("=", 1)
+                for line in (dev / "uevent").read_text().splitlines()
+                if "=" in line
+            )
+            hid = device_id_from(dev.name, props)
+            facts = sysfs_facts(dev)
+        except OSError:
+            continue  # gone meanwhile
+        if any(f.engine != "kernel" and f.bindings for f in config.files_for(hid, facts)):
+            n += 1
+    return n
 
 
 def pinned_scan(roots: Sequence[str]) -> Callable[[str], list[tuple[str, str]]]:

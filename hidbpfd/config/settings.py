@@ -5,7 +5,7 @@ the ring buffer's size and the latency knobs, all off by default because each on
 something (CPU, memory, the scheduler's fairness) for latency::
 
     [daemon]
-    ring_kib = 1024        # BPF ring buffer, KiB (power of 2)
+    ring_kib = 0           # BPF ring buffer, KiB (power of 2; 0: sized from the devices)
     timer_spin_us = 0      # wake this early for each deferred action, then spin to the deadline
     busy_poll = false      # poll the ring instead of sleeping: one CPU for the idle wake-up
     pin_roots = ["/sys/fs/bpf/hid"]  # where other loaders pin programs' maps (docs/programs.md)
@@ -38,7 +38,8 @@ DEFAULT_FILE: Final = "/etc/hidbpfd/hidbpfd.toml"
 class Settings:
     """Process-wide settings (see the module docstring for the TOML)."""
 
-    ring_kib: int = 1024
+    ring_kib: int = 0
+    """0: sized from the devices and their rules at start (:mod:`hidbpfd.kernel.ringsize`)."""
     timer_spin_us: int = 0
     busy_poll: bool = False
     sched_fifo: int = 0
@@ -105,8 +106,8 @@ def _check(key: str, v: object, kind: str) -> str | None:
 
     if not isinstance(v, int) or isinstance(v, bool):
         return "must be an integer"
-    if key == "ring_kib" and (v < 4 or v & (v - 1)):
-        return "must be a power of 2, at least 4"
+    if key == "ring_kib" and v != 0 and (v < 4 or v & (v - 1)):
+        return "must be a power of 2, at least 4 (or 0: sized from the devices)"
     if key == "timer_spin_us" and not 0 <= v <= 10_000:
         return "must be 0-10000"
     if key == "sched_fifo" and not 0 <= v <= 99:

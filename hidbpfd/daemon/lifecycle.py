@@ -5,6 +5,7 @@ parts in the sibling modules."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import signal
@@ -84,6 +85,11 @@ class Daemon(Reloading):
         self.notifier = notifier or Notifier()
         self.control: ControlServer | None = None
         self._subscribers: list[Callable[[dict[str, Any]], None]] = []
+        self._monitor_q = collections.deque()
+        self._monitor_lost = 0
+        self.monitor_dropped = 0
+        """Monitor lines the daemon dropped (its queue full: actions go first), since start."""
+        self._monitor_flush = None
         self.event_latency = Window()
         self.timer_lateness = Window()
         self.started_ns = time.monotonic_ns()

@@ -5,6 +5,7 @@ tests can pass fakes)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -12,7 +13,7 @@ from typing import Any, Protocol
 from hidbpfd.config import Config, ConfigError, ProgramRef
 from hidbpfd.devices.sinks import DeviceIO, Injector, ReportIO, RoutingSink
 from hidbpfd.devices.udev import HidDevice, HidWatcher
-from hidbpfd.engine.dispatch import Binding, Dispatcher, Observer, RecordRouter
+from hidbpfd.engine.dispatch import Binding, Dispatcher, Observer, Outcome, RecordRouter
 from hidbpfd.engine.requests import ProgramServer
 from hidbpfd.engine.scheduler import Scheduler
 from hidbpfd.engine.stats import Window
@@ -93,6 +94,7 @@ class EventSource(Protocol):
     def set_rules(self, hid_id: int, rules: Sequence[DeviceRule]) -> None: ...
     def clear_rules(self, hid_id: int) -> None: ...
     def drops(self) -> int: ...
+    def consume(self) -> int: ...
     def close(self) -> None: ...
 
 
@@ -180,6 +182,10 @@ class DaemonState:
     notifier: Notifier
     control: ControlServer | None
     _subscribers: list[Callable[[dict[str, Any]], None]]
+    _monitor_q: collections.deque[Outcome]
+    _monitor_lost: int
+    monitor_dropped: int
+    _monitor_flush: asyncio.Handle | None
     event_latency: Window
     timer_lateness: Window
     started_ns: int

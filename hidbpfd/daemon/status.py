@@ -8,13 +8,21 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from hidbpfd.daemon.programs import Programs
 from hidbpfd.engine.dispatch import Outcome
 from hidbpfd.model import bus_name
 
 log = logging.getLogger("hidbpfd.daemon")  # the daemon's one logger, whichever part logs
+
+MONITOR_BACKLOG: Final = 8192
+"""Outcomes waiting for monitor clients at most; more are dropped (counted, and each client is
+told ``{"dropped": N}``): a flood costs monitor lines, never the drain of the ring."""
+MONITOR_SLICE: Final = 256
+"""Outcomes turned into monitor lines per turn of the loop while the ring is empty."""
+MONITOR_SLICE_BUSY: Final = 16
+"""... and while the ring had records (those were handled first)."""
 
 
 class Observability(Programs):
@@ -44,19 +52,53 @@ class Observability(Programs):
                 log.warning("in-kernel engine: cannot switch its records: %s", e)
 
     def _publish(self, o: Outcome) -> None:
+        """An outcome for the monitor clients: queued as is (no formatting on the drain's
+        path), turned into lines by :meth:`_flush_monitor` once the ring is drained."""
         if not self._subscribers:
             return
-        item = {
-            "t": o.t_ns / 1e9,
-            "device": o.device.key,
-            "name": o.device.name,
-            "kind": o.kind,
-            "data": o.data.hex(),
-            "policy": o.policy,
-            "detail": o.detail,
-        }
-        for fn in list(self._subscribers):
-            fn(item)
+        if len(self._monitor_q) >= MONITOR_BACKLOG:
+            self._monitor_lost += 1
+            self.monitor_dropped += 1
+        else:
+            self._monitor_q.append(o)
+        if self._monitor_flush is None:
+            self._monitor_flush = self.loop.call_soon(self._flush_monitor)
+
+    def _flush_monitor(self) -> None:
+        """Monitor lines, after the actions: drain the ring first (its records' actions run
+        now, their outcomes join the queue), then format a slice of the queue (a small one
+        when the ring had records) and come back on the next turn of the loop for the rest."""
+        self._monitor_flush = None
+        q = self._monitor_q
+        if not self._subscribers:
+            q.clear()
+            self._monitor_lost = 0
+            return
+        try:
+            busy = self.source.consume()
+        except Exception:  # the ring's reader logs its own failures
+            busy = 0
+        subscribers = list(self._subscribers)
+        if self._monitor_lost:
+            lost = {"dropped": self._monitor_lost}
+            self._monitor_lost = 0
+            for fn in subscribers:
+                fn(lost)
+        for _ in range(min(len(q), MONITOR_SLICE_BUSY if busy else MONITOR_SLICE)):
+            o = q.popleft()
+            item = {
+                "t": o.t_ns / 1e9,
+                "device": o.device.key,
+                "name": o.device.name,
+                "kind": o.kind,
+                "data": o.data.hex(),
+                "policy": o.policy,
+                "detail": o.detail,
+            }
+            for fn in subscribers:
+                fn(item)
+        if (q or self._monitor_lost) and self._monitor_flush is None:
+            self._monitor_flush = self.loop.call_soon(self._flush_monitor)
 
     def _tick_status(self) -> None:
         self.notifier.status(self.status_line())
@@ -144,6 +186,11 @@ class Observability(Programs):
             "knobs": self.knobs,
             "devices": devices,
             "ring_drops": drops,
+            "ring": {
+                "bytes": getattr(self.source, "ring_bytes", 0),
+                "why": getattr(self.source, "ring_why", ""),
+            },
+            "monitor_dropped": self.monitor_dropped,
             "unknown_records": self.router.unknown,
             "latency": {
                 "ring_to_dispatch": self.event_latency.summary(),

@@ -180,6 +180,7 @@ class KernelEngine:
         link: lb.StructOpsLink | None = None
         try:
             obj.map("engine_ring").set_max_entries(self.ring_bytes)
+            obj.map("engine_trace").set_max_entries(self.ring_bytes)  # monitor's step records
             # registered through a link only: the kernel lets go of it when we die
             obj.map("engine_ops").set_map_flags(lb.BPF_F_LINK)
             with lb.capture_log(quiet=True) as lines:
@@ -196,6 +197,7 @@ class KernelEngine:
                 raise lb.BpfError("engine_init (bpf_timer_init / bpf_wq_init)", -ret)
             link = obj.map("engine_ops").attach_struct_ops()
             ring = lb.RingBuffer(obj.map("engine_ring").fd, functools.partial(self._sample, hid_id))
+            ring.add(obj.map("engine_trace").fd)  # failures first, then the steps
         except BaseException:
             if link is not None:
                 link.destroy()

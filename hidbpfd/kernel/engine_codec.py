@@ -79,7 +79,7 @@ POLICY_SIZE: Final = struct.calcsize(POLICY_HEAD_FORMAT) + RULE_SIZE + STEPS_MAX
 CONFIG_HEAD_FORMAT: Final = "<II"
 
 # struct engine_stats { __u64 matched, held, injected, output, feature, get_feature, errors,
-#                       overflow, ring_drops, timers, wq_runs; };
+#                       overflow, ring_drops, timers, wq_runs, trace_drops; };
 STATS_FIELDS: Final = (
     "matched",
     "held",
@@ -92,6 +92,7 @@ STATS_FIELDS: Final = (
     "ring_drops",
     "timers",
     "wq_runs",
+    "trace_drops",
 )
 STATS_FORMAT: Final = f"<{len(STATS_FIELDS)}Q"
 

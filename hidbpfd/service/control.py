@@ -144,7 +144,9 @@ class _RateLimitedLog:
 
 
 class _Monitor:
-    """One monitor client's waiting lines (bytes, encoded once for every client)."""
+    """One monitor client's waiting lines: chunks shared by every client (each chunk is the
+    lines of one turn of the loop, encoded and joined once), at most :data:`MONITOR_BUFFER`
+    bytes; a client that cannot keep up loses whole chunks, counted and told."""
 
     __slots__ = ("dropped", "lines", "ready", "size")
 
@@ -154,12 +156,13 @@ class _Monitor:
         self.dropped = 0
         self.ready = asyncio.Event()
 
-    def push(self, line: bytes) -> None:
-        if self.size + len(line) > MONITOR_BUFFER:
-            self.dropped += 1
+    def push(self, chunk: bytes, count: int = 1) -> None:
+        """Queue ``chunk`` (``count`` lines), or count them as dropped."""
+        if self.size + len(chunk) > MONITOR_BUFFER:
+            self.dropped += count
         else:
-            self.lines.append(line)
-            self.size += len(line)
+            self.lines.append(chunk)
+            self.size += len(chunk)
         self.ready.set()
 
     def take(self) -> bytes:
@@ -225,6 +228,9 @@ class ControlServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._clients: set[asyncio.Task[None]] = set()
         self._monitors: set[_Monitor] = set()
+        self._batch: list[bytes] = []
+        """Monitor lines of this turn of the loop, encoded, not yet handed to the clients."""
+        self._batch_handle: asyncio.Handle | None = None
         self._idle: dict[asyncio.Task[None], None] = {}
         """Clients still waiting for their request line, oldest first."""
         self._evicted: set[asyncio.Task[None]] = set()
@@ -272,6 +278,9 @@ class ControlServer:
         if self._resume is not None:
             self._resume.cancel()
             self._resume = None
+        if self._batch_handle is not None:
+            self._batch_handle.cancel()
+            self._batch_handle = None
         if self._sock is not None:
             assert self._loop is not None
             self._loop.remove_reader(self._sock.fileno())
@@ -464,10 +473,21 @@ class ControlServer:
                 self._unsubscribe = None
 
     def _fan_out(self, item: dict[str, Any]) -> None:
-        """The daemon's one subscriber while monitors listen: encode once, queue for each."""
-        line = _encode(item)
+        """The daemon's one subscriber while monitors listen: encode once, and hand the turn's
+        lines to every client once (one chunk per client per turn, not one per line)."""
+        self._batch.append(_encode(item))
+        if self._batch_handle is None and self._loop is not None:
+            self._batch_handle = self._loop.call_soon(self._hand_out)
+
+    def _hand_out(self) -> None:
+        self._batch_handle = None
+        lines = self._batch
+        if not lines:
+            return
+        self._batch = []
+        chunk = b"".join(lines)
         for m in self._monitors:
-            m.push(line)
+            m.push(chunk, len(lines))
 
 
 async def _send(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:

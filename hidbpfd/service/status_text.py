@@ -70,6 +70,11 @@ def render_status(st: dict[str, Any]) -> str:
             out.append(f"  latency {name}: {pct} (n={s['n']})")
     drops, unknown = st.get("ring_drops"), st.get("unknown_records")
     out.append(f"  ring buffer drops: {drops}; unknown records: {unknown}")
+    ring = st.get("ring") or {}
+    if ring.get("bytes"):
+        out.append(f"  ring buffer: {ring['bytes'] // 1024} KiB ({ring.get('why', '')})")
+    if st.get("monitor_dropped"):
+        out.append(f"  monitor lines dropped (the daemon's queue full): {st['monitor_dropped']}")
     for d in st.get("devices", []):
         out += _device_lines(d)
     return "\n".join(out)

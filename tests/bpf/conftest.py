@@ -49,7 +49,8 @@ class Collected:
 
     def take(self) -> list[Record]:
         """Drain the ring and return (and forget) everything delivered so far."""
-        self.source.consume()
+        while self.source.consume():  # at most TURN_RECORDS per call
+            pass
         out = self.records[:]
         self.records.clear()
         return out

@@ -115,6 +115,7 @@ PARTS = {
     "bench/devices": (
         "plan",
         "measure",
+        "monitors",
         "daemon_process",
         "device",
         "latency",

@@ -22,15 +22,19 @@ uhid hands it an output report. Scenarios:
   (``kernel.bpf_stats_enabled`` via BPF_ENABLE_STATS, ``bpf_prog_info.run_time_ns / run_cnt``);
 - ``throughput``: bursts of matched reports at rising rates: the highest rate at which every
   report was handled (the daemon's ``seen`` counter, or the engine's ``matched``) with no
-  ring-buffer drop, and the daemon's CPU per report. For the kernel engine the ring carries
-  only its records for ``status`` / ``monitor``: a dropped record loses a monitor line, not an
-  action, and the engine's rate is bounded by this process's uhid writes.
+  ring-buffer drop (for a policy that holds: the rate at which nothing leaks), and the
+  daemon's CPU per report. For the kernel engine the ring carries only its failures (its step
+  records for ``monitor`` have a ring of their own), and the engine's rate is bounded by this
+  process's uhid writes;
+- ``throughput_monitors``: the same bursts with 50 ``monitor`` clients attached, half of them
+  never reading (:mod:`.monitors`).
 
 Run inside the VM tier (``hidbpfd vm -- hidbpfd bench --quick``). Under software emulation the
 absolute numbers are not representative; the ratios and the wake-up counts are what to read.
 
 The parts: :mod:`.plan` (devices, policies, trigger reports), :mod:`.device` (the uhid devices),
 :mod:`.daemon_process` (the daemon under test), :mod:`.measure` (/proc and BPF statistics),
+:mod:`.monitors` (monitor clients),
 :mod:`.latency`, :mod:`.load` and :mod:`.programs` (the scenario families), :mod:`.results`
 (the rows), :mod:`.runner` (one run), :mod:`.plotting` (``--plot`` in the VM).
 """

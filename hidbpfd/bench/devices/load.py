@@ -66,8 +66,14 @@ async def _handled(d: DaemonProcess, bd: BenchDevice) -> tuple[int, int]:
 
 
 async def run_throughput(
-    devs: dict[str, BenchDevice], d: DaemonProcess, p: Plan, progress: Callable[[str], None]
+    devs: dict[str, BenchDevice],
+    d: DaemonProcess,
+    p: Plan,
+    progress: Callable[[str], None],
+    scenario: str = "throughput",
 ) -> None:
+    """Bursts at each of the plan's rates, per engine (``throughput``; ``throughput_monitors``:
+    the same with monitor clients attached by the caller)."""
     for bd in devs.values():
         if bd.note:
             continue
@@ -94,8 +100,8 @@ async def run_throughput(
             sent_total += sent
             wall += time.monotonic() - t_burst
             achieved = sent / elapsed
-            # a userspace drop is a report the policies never saw; the kernel engine's ring
-            # carries only its monitor records, so its drops cost lines, not actions
+            # a userspace drop is a report the policies never saw (a held-class one leaked); the
+            # kernel engine's ring carries only its failures (its steps: engine_trace)
             lost = drops if bd.engine == "userspace" else 0
             steps.append((achieved, sent, handled, lost))
             progress(
@@ -103,10 +109,10 @@ async def run_throughput(
                 f"handled, {drops} ring drops, daemon {used.cpu_ns / 1e6:.0f} ms CPU, "
                 f"{used.wakeups} wake-ups"
             )
-        bd.add("throughput", "sustained_rate", sustained(steps))
-        bd.add("throughput", "max_sent_rate", steps[-1][0] if steps else 0.0)
-        bd.add("throughput", "handled_at_max", steps[-1][2] / max(steps[-1][1], 1) * 100)
-        bd.add("throughput", "ring_drops", drops_total / max(sent_total, 1) * 100)
+        bd.add(scenario, "sustained_rate", sustained(steps))
+        bd.add(scenario, "max_sent_rate", steps[-1][0] if steps else 0.0)
+        bd.add(scenario, "handled_at_max", steps[-1][2] / max(steps[-1][1], 1) * 100)
+        bd.add(scenario, "ring_drops", drops_total / max(sent_total, 1) * 100)
         if handled_total:
-            bd.add("throughput", "daemon_cpu_per_report", cpu.cpu_ns / handled_total / 1000)
-            bd.add("throughput", "daemon_wakeups", cpu.wakeups / max(wall, 1e-9))
+            bd.add(scenario, "daemon_cpu_per_report", cpu.cpu_ns / handled_total / 1000)
+            bd.add(scenario, "daemon_wakeups", cpu.wakeups / max(wall, 1e-9))

@@ -41,7 +41,8 @@ NOTES: Final[dict[str, str]] = {
     "daemon_cpu_idle": "the same, over as long a window without traffic",
     "bpf_run_time": "the HID-BPF event program's run_time_ns / run_cnt, per report",
     "sustained_rate": "highest rate with every report handled (userspace: no ring drop)",
-    "ring_drops": "of the reports sent in the bursts (kernel engine: monitor records, not actions)",
+    "ring_drops": "of the reports sent in the bursts (userspace: never handled, a held-class "
+    "one leaks; kernel engine: failure records lost)",
     "daemon_cpu_per_report": "daemon CPU over the bursts / reports handled",
     "readback_lateness": f"UHID_GET_REPORT of the deferred call - (trigger + {READBACK_MS} ms)",
     "daemon_cpu_per_request": "daemon CPU (CPU-time clock) in this engine's windows / requests",
@@ -58,6 +59,7 @@ SCENARIOS: Final = (
     *PROGRAM_SCENARIOS,
     "unmatched",
     "throughput",
+    "throughput_monitors",
 )
 
 
@@ -108,7 +110,8 @@ def expected_rows(p: Plan, stats: bool = True) -> list[tuple[str, str]]:
         )
     ]
     rows += [
-        ("throughput", m)
+        (sc, m)
+        for sc in ("throughput", "throughput_monitors")
         for m in (
             "sustained_rate",
             "max_sent_rate",

@@ -17,6 +17,7 @@ from hidbpfd.bench.devices.device import BenchDevice, create_device, wait_manage
 from hidbpfd.bench.devices.latency import run_defer, run_inject, run_reinit
 from hidbpfd.bench.devices.load import run_throughput, run_unmatched
 from hidbpfd.bench.devices.measure import BpfStats
+from hidbpfd.bench.devices.monitors import MONITORS, monitors
 from hidbpfd.bench.devices.plan import ENGINES, BenchUnavailable, plan, policy_files
 from hidbpfd.bench.devices.programs import (
     EXAMPLES,
@@ -113,6 +114,13 @@ async def run(
                 rates = ", ".join(str(r) for r in p.rates)
                 progress(f"throughput: matched reports at {rates}/s, {p.rate_s:g} s each")
                 await run_throughput(devs, d, p, progress)
+                progress(
+                    f"throughput_monitors: the same with {MONITORS} monitor clients "
+                    f"({MONITORS // 2} never reading)"
+                )
+                async with monitors(d.socket) as lines:
+                    await run_throughput(devs, d, p, progress, "throughput_monitors")
+                    progress(f"  monitor lines read by the reading half: {lines[0]}")
             finally:
                 if stats is not None:
                     stats.close()

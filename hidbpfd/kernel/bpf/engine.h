@@ -106,9 +106,10 @@ struct engine_stats {
 	__u64 get_feature;
 	__u64 errors;		/* failed I/O, lost I/O (queue full), no context */
 	__u64 overflow;		/* I/O operations lost because the queue was full */
-	__u64 ring_drops;	/* records lost because the ring buffer was full */
+	__u64 ring_drops;	/* failure records lost because engine_ring was full */
 	__u64 timers;		/* timer callbacks that ran a policy */
 	__u64 wq_runs;		/* work-queue callbacks */
+	__u64 trace_drops;	/* step records (monitor) lost because engine_trace was full */
 };
 
 /*

@@ -46,10 +46,41 @@
  */
 __u32 engine_observed = 0;
 
+static __always_inline int emit_to(void *ring, __u32 hid_id, __u8 kind, __u32 policy,
+				   __s32 value, __u32 detail, const __u8 *data, __u32 len,
+				   __u64 flags)
+{
+	struct engine_record *rec;
+
+	if (!data) {
+		rec = bpf_ringbuf_reserve(ring, ENGINE_RECORD_HEAD, 0);
+		if (rec) {
+			FILL_RECORD(rec, hid_id, kind, policy, value, detail, 0);
+			bpf_ringbuf_submit(rec, flags);
+		}
+	} else if (len <= ENGINE_RECORD_SHORT) {
+		rec = bpf_ringbuf_reserve(ring, ENGINE_RECORD_HEAD + ENGINE_RECORD_SHORT, 0);
+		if (rec) {
+			FILL_RECORD(rec, hid_id, kind, policy, value, detail, len);
+			__builtin_memcpy(rec->data, data, ENGINE_RECORD_SHORT);
+			bpf_ringbuf_submit(rec, flags);
+		}
+	} else {
+		rec = bpf_ringbuf_reserve(ring, sizeof(*rec), 0);
+		if (rec) {
+			FILL_RECORD(rec, hid_id, kind, policy, value, detail, len);
+			__builtin_memcpy(rec->data, data, ENGINE_HELD_MAX);
+			bpf_ringbuf_submit(rec, flags);
+		}
+	}
+	return rec != 0;
+}
+
+/* Failures (a -errno value) go to engine_ring, always; the steps that went well go to
+ * engine_trace, only while someone listens: they never compete for the same room. */
 static __always_inline void emit(__u32 hid_id, __u8 kind, __u32 policy, __s32 value,
 				 __u32 detail, const __u8 *data, __u32 len)
 {
-	struct engine_record *rec;
 	/* forced, not adaptive: the ring's adaptive wake-up assumes every record before this one
 	 * already woke the reader, which the quiet records never do */
 	__u64 flags = BPF_RB_FORCE_WAKEUP;
@@ -63,29 +94,12 @@ static __always_inline void emit(__u32 hid_id, __u8 kind, __u32 policy, __s32 va
 
 	if (len > ENGINE_HELD_MAX)
 		len = ENGINE_HELD_MAX;
-	if (!data) {
-		rec = bpf_ringbuf_reserve(&engine_ring, ENGINE_RECORD_HEAD, 0);
-		if (rec) {
-			FILL_RECORD(rec, hid_id, kind, policy, value, detail, 0);
-			bpf_ringbuf_submit(rec, flags);
-		}
-	} else if (len <= ENGINE_RECORD_SHORT) {
-		rec = bpf_ringbuf_reserve(&engine_ring, ENGINE_RECORD_HEAD + ENGINE_RECORD_SHORT, 0);
-		if (rec) {
-			FILL_RECORD(rec, hid_id, kind, policy, value, detail, len);
-			__builtin_memcpy(rec->data, data, ENGINE_RECORD_SHORT);
-			bpf_ringbuf_submit(rec, flags);
-		}
-	} else {
-		rec = bpf_ringbuf_reserve(&engine_ring, sizeof(*rec), 0);
-		if (rec) {
-			FILL_RECORD(rec, hid_id, kind, policy, value, detail, len);
-			__builtin_memcpy(rec->data, data, ENGINE_HELD_MAX);
-			bpf_ringbuf_submit(rec, flags);
-		}
+	if (value < 0) {
+		if (!emit_to(&engine_ring, hid_id, kind, policy, value, detail, data, len, flags))
+			STAT_ADD(ring_drops, 1);
+	} else if (!emit_to(&engine_trace, hid_id, kind, policy, value, detail, data, len, flags)) {
+		STAT_ADD(trace_drops, 1);
 	}
-	if (!rec)
-		STAT_ADD(ring_drops, 1);
 }
 
 /* What a policy decided under the lock, to carry out after unlocking. */

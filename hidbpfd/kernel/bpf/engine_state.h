@@ -93,10 +93,17 @@ struct {
 	__type(value, struct engine_stats);
 } engine_stats SEC(".maps");
 
-/* Records for the daemon; userspace may resize before load. */
+/* Records for the daemon: the engine's failures only; userspace may resize before load. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);
 } engine_ring SEC(".maps");
+
+/* The step records written while someone listens (engine_observed: `monitor`, an observer):
+ * a ring of their own, so a flood of them never takes the place of a failure's record. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} engine_trace SEC(".maps");
 
 #endif /* __HIDBPFD_ENGINE_STATE_H */

@@ -185,6 +185,7 @@ _PROTOS: Final[dict[str, tuple[object, list[object]]]] = {
     "bpf_prog_test_run_opts": (_I, [_I, ctypes.POINTER(TestRunOpts)]),
     "ring_buffer__new": (_VP, [_I, SAMPLE_FN, _VP, _VP]),
     "ring_buffer__free": (None, [_VP]),
+    "ring_buffer__add": (_I, [_VP, _I, SAMPLE_FN, _VP]),
     "ring_buffer__consume": (_I, [_VP]),
     "ring_buffer__poll": (_I, [_VP, _I]),
     "ring_buffer__epoll_fd": (_I, [_VP]),

@@ -30,6 +30,13 @@ class RingBuffer:
             return -errno_mod.ECANCELED
         return 0
 
+    def add(self, map_fd: int) -> None:
+        """Consume another ring buffer map too, through the same ``on_sample`` and epoll fd
+        (drained after the first map, in the order added)."""
+        assert self._ptr is not None, "ring buffer freed"
+        ret = self._lib.fn("ring_buffer__add")(self._ptr, map_fd, self._cb, None)
+        self._lib.check("ring_buffer__add", ret)
+
     @property
     def epoll_fd(self) -> int:
         """An fd that becomes readable when records are waiting (for ``add_reader``)."""
