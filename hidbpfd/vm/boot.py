@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
+from hidbpfd.vm.qmp import SuspendWaker, qmp_option
 from hidbpfd.vm.rootfs import ensure_rootfs
 from hidbpfd.vm.setup import VmAssets, VmError, cache_dir, ensure_setup
 
@@ -228,6 +229,7 @@ def vng_command(
     rwdirs: Sequence[str] = (),
     verbose: bool = False,
     rootfs: Path | None = None,
+    qmp: Path | None = None,
 ) -> list[str]:
     """The ``vng`` invocation that boots ``assets``' kernel and runs the script at ``script_path``.
 
@@ -244,7 +246,8 @@ def vng_command(
     With ``rootfs`` (the systemd tier, :mod:`hidbpfd.vm.rootfs`) the guest boots that ext4
     image with systemd as PID 1 (``--root-disk --systemd``), writable but through qemu's
     ``-snapshot`` (the writes go to a temporary file, the image stays as built), with the
-    script's directory and the working directory shared read-only.
+    script's directory and the working directory shared read-only. ``qmp``: a QMP socket for
+    qemu at that path (:mod:`hidbpfd.vm.qmp` wakes a suspended guest through it).
     """
     cmd = [
         str(assets.vng),
@@ -272,6 +275,8 @@ def vng_command(
     if rootfs is not None:
         cmd += ["--root-disk", str(rootfs), "--root-fstype", "ext4", "--rw"]
         cmd += ["--qemu-opts=-snapshot", "--systemd", "--rodir", str(script_path.parent)]
+    if qmp is not None:
+        cmd.append(f"--qemu-opts={qmp_option(qmp)}")
     for rwdir in rwdirs:
         cmd += ["--rwdir", os.path.abspath(rwdir)]
     writable = [*GUEST_OVERLAID, *(os.path.abspath(d) for d in rwdirs)]
@@ -419,6 +424,8 @@ def run_in_vm(
     run_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix="guest-", suffix=".sh", dir=run_dir)
     script_path = Path(name)
+    # the systemd tier's guest can suspend (tests/service/): qemu's SUSPEND -> system_wakeup
+    qmp = script_path.with_suffix(".qmp") if systemd else None
     try:
         with os.fdopen(fd, "w") as f:
             venv = sys.prefix if sys.prefix != sys.base_prefix else None
@@ -433,12 +440,20 @@ def run_in_vm(
             rwdirs=rwdirs,
             verbose=verbose,
             rootfs=rootfs,
+            qmp=qmp,
         )
         path = f"{assets.scripts_dir}{os.pathsep}{os.environ.get('PATH', '')}"
         env = {**os.environ, "PATH": path}
         attempt = 1
         while True:
-            outcome = _supervise(argv, env, workdir, timeout_s, boot_timeout_s, verbose=verbose)
+            waker = SuspendWaker(qmp, say=say) if qmp is not None else None
+            if waker is not None:
+                waker.start()
+            try:
+                outcome = _supervise(argv, env, workdir, timeout_s, boot_timeout_s, verbose=verbose)
+            finally:
+                if waker is not None:
+                    waker.stop()
             if not boot_again(outcome, attempt):
                 break
             print(
@@ -449,6 +464,8 @@ def run_in_vm(
             attempt += 1
     finally:
         script_path.unlink(missing_ok=True)
+        if qmp is not None:
+            qmp.unlink(missing_ok=True)
     if outcome.killed_for == "interrupted":
         return 130
     if not outcome.ready:
