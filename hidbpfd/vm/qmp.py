@@ -38,6 +38,10 @@ class QmpError(Exception):
     """qemu answered a command with an error, or the socket broke."""
 
 
+class Closed(QmpError):
+    """qemu closed the socket (it ended)."""
+
+
 class Qmp:
     """One QMP connection: the greeting, ``qmp_capabilities``, then commands and events."""
 
@@ -54,7 +58,7 @@ class Qmp:
     def _read(self) -> dict[str, Any]:
         line = self.file.readline()
         if not line:
-            raise QmpError("qemu closed the QMP socket")
+            raise Closed("qemu closed the QMP socket")
         msg: dict[str, Any] = json.loads(line)
         return msg
 
@@ -152,9 +156,14 @@ class SuspendWaker:
                 if self.stop_event.wait(self.wake_after_s):
                     return
                 qmp.sock.settimeout(REPLY_TIMEOUT_S)
-                qmp.execute("system_wakeup")
+                try:
+                    qmp.execute("system_wakeup")
+                    self.say(f"{MARKER}: system_wakeup sent")
+                except QmpError as e:  # e.g. it woke by itself meanwhile
+                    self.say(f"{MARKER}: {e}")
                 qmp.sock.settimeout(None)
-                self.say(f"{MARKER}: system_wakeup sent")
+        except Closed:
+            return  # qemu ended
         except (OSError, QmpError, ValueError) as e:
             if not self.stop_event.is_set():
                 self.say(f"{MARKER}: the waker stopped: {e}")
