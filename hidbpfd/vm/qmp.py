@@ -27,6 +27,7 @@ WAKE_AFTER_S: Final = 1.0  # a guest asleep this long; its tests see a real gap
 CONNECT_TIMEOUT_S: Final = 60.0  # qemu creates the socket when it starts (vng builds first)
 REPLY_TIMEOUT_S: Final = 30.0  # qemu's monitor, under a loaded host
 MARKER: Final = "hidbpfd-vm: qmp"  # how the waker's lines start on stderr
+SAID: Final = ("WAKEUP", "RESET")  # qemu's events said on stderr too (the guest woke, a reset)
 
 
 def qmp_option(path: Path) -> str:
@@ -149,6 +150,8 @@ class SuspendWaker:
             qmp.sock.settimeout(None)
             while not self.stop_event.is_set():
                 event = qmp.next_event()
+                if event.get("event") in SAID:
+                    self.say(f"{MARKER}: {event['event']}")
                 if event.get("event") != "SUSPEND":
                     continue
                 self.suspends += 1

@@ -58,9 +58,12 @@ def test_suspend_is_answered_by_system_wakeup(tmp_path: Path) -> None:
     assert names == ["qmp_capabilities", "system_wakeup"], names
     assert qemu.commands[1][1] - qemu.sent_at[1] >= 0.2
     assert waker.suspends == 1
-    assert said[0] == "hidbpfd-vm: qmp: guest suspended; system_wakeup in 0.2 s", said
-    # an error answer is said, and qemu ending ends the waker quietly
-    assert said[1:] == ["hidbpfd-vm: qmp: system_wakeup: not suspended"], said
+    # qemu's RESET is said; an error answer is said; qemu ending ends the waker quietly
+    assert said == [
+        "hidbpfd-vm: qmp: RESET",
+        "hidbpfd-vm: qmp: guest suspended; system_wakeup in 0.2 s",
+        "hidbpfd-vm: qmp: system_wakeup: not suspended",
+    ], said
 
 
 def test_stop_without_qemu_is_quiet(tmp_path: Path) -> None:
