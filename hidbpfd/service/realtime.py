@@ -23,7 +23,9 @@ def _refused(err: int, what: str) -> OSError:
     text = f"{what}: {os.strerror(err)}"
     if err in REFUSED and os.environ.get("INVOCATION_ID"):  # run by systemd
         text += f" ({UNIT_HINT})"
-    return OSError(err, text)
+    e = OSError(text)  # one argument: str(e) is the text alone, without "[Errno N]"
+    e.errno = err
+    return e
 
 
 def apply_realtime(s: Settings) -> None:
