@@ -1,14 +1,14 @@
 """Waking a suspended guest of the systemd tier: a small QMP client (qemu's JSON monitor).
 
 A guest that suspends to RAM (ACPI S3: ``systemctl suspend`` with ``/sys/power/mem_sleep`` at
-``deep``) never wakes by itself under software emulation: neither an RTC alarm (``rtcwake``) nor
-anything else brings it back (measured, see docs/vm.md). qemu reports the suspend on its QMP
-socket as a ``SUSPEND`` event, and its ``system_wakeup`` command is the power button of a
+``deep``) stays so under emulation until something wakes it. qemu reports the suspend on its
+QMP socket as a ``SUSPEND`` event, and its ``system_wakeup`` command is the power button of a
 sleeping machine. :class:`SuspendWaker` listens on that socket in a thread and answers every
-``SUSPEND`` with ``system_wakeup`` after :data:`WAKE_AFTER_S`, so a guest test can go through a
-real suspend/resume cycle (logind's ``PrepareForSleep(true)``, the kernel's suspend and resume,
-``PrepareForSleep(false)``). Standard library only: it runs on the host, before anything else
-of the project works.
+``SUSPEND`` with ``system_wakeup`` after :data:`WAKE_AFTER_S`: measured, the guest then resumes
+(logind's ``PrepareForSleep(true)``, the kernel's S3 and resume). What still stops a test from
+using it: virtme-ng's output and exit-code ports (virtio-serial) lose their host side on the
+resume, so the command's writes block (docs/vm.md, the systemd tier). Standard library only:
+it runs on the host, before anything else of the project works.
 """
 
 from __future__ import annotations

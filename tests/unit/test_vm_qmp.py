@@ -1,5 +1,5 @@
-"""hidbpfd/vm/qmp.py against a stand-in for qemu's QMP socket (the real one is met in the
-systemd tier, tests/service/test_suspend_service.py): the greeting and capabilities handshake,
+"""hidbpfd/vm/qmp.py against a stand-in for qemu's QMP socket (the real one woke a suspended
+systemd-tier guest, measured: docs/vm.md): the greeting and capabilities handshake,
 SUSPEND answered by system_wakeup after the delay, other events ignored, errors reported."""
 
 from __future__ import annotations
