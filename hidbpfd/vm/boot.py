@@ -40,6 +40,7 @@ from hidbpfd.vm.command import (
     parse_args,
     vng_command,
 )
+from hidbpfd.vm.qmp import SuspendWaker
 from hidbpfd.vm.rootfs import ensure_rootfs
 from hidbpfd.vm.setup import VmAssets, VmError, cache_dir, ensure_setup
 
@@ -186,6 +187,8 @@ def run_in_vm(
     run_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix="guest-", suffix=".sh", dir=run_dir)
     script_path = Path(name)
+    # the systemd tier's guest can suspend (tests/service/): qemu's SUSPEND -> system_wakeup
+    qmp = script_path.with_suffix(".qmp") if systemd else None
     try:
         with os.fdopen(fd, "w") as f:
             venv = sys.prefix if sys.prefix != sys.base_prefix else None
@@ -200,12 +203,20 @@ def run_in_vm(
             rwdirs=rwdirs,
             verbose=verbose,
             rootfs=rootfs,
+            qmp=qmp,
         )
         path = f"{assets.scripts_dir}{os.pathsep}{os.environ.get('PATH', '')}"
         env = {**os.environ, "PATH": path}
         attempt = 1
         while True:
-            outcome = _supervise(argv, env, workdir, timeout_s, boot_timeout_s, verbose=verbose)
+            waker = SuspendWaker(qmp, say=say) if qmp is not None else None
+            if waker is not None:
+                waker.start()
+            try:
+                outcome = _supervise(argv, env, workdir, timeout_s, boot_timeout_s, verbose=verbose)
+            finally:
+                if waker is not None:
+                    waker.stop()
             if not boot_again(outcome, attempt):
                 break
             print(
@@ -216,6 +227,8 @@ def run_in_vm(
             attempt += 1
     finally:
         script_path.unlink(missing_ok=True)
+        if qmp is not None:
+            qmp.unlink(missing_ok=True)
     if outcome.killed_for == "interrupted":
         return 130
     if not outcome.ready:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from hidbpfd.vm.qmp import qmp_option
 from hidbpfd.vm.setup import VmAssets
 
 KVM_ENV: Final = "HIDBPFD_VM_KVM"
@@ -202,6 +203,7 @@ def vng_command(
     rwdirs: Sequence[str] = (),
     verbose: bool = False,
     rootfs: Path | None = None,
+    qmp: Path | None = None,
 ) -> list[str]:
     """The ``vng`` invocation that boots ``assets``' kernel and runs the script at ``script_path``.
 
@@ -218,7 +220,8 @@ def vng_command(
     With ``rootfs`` (the systemd tier, :mod:`hidbpfd.vm.rootfs`) the guest boots that ext4
     image with systemd as PID 1 (``--root-disk --systemd``), writable but through qemu's
     ``-snapshot`` (the writes go to a temporary file, the image stays as built), with the
-    script's directory and the working directory shared read-only.
+    script's directory and the working directory shared read-only. ``qmp``: a QMP socket for
+    qemu at that path (:mod:`hidbpfd.vm.qmp` wakes a suspended guest through it).
     """
     cmd = [
         str(assets.vng),
@@ -246,6 +249,8 @@ def vng_command(
     if rootfs is not None:
         cmd += ["--root-disk", str(rootfs), "--root-fstype", "ext4", "--rw"]
         cmd += ["--qemu-opts=-snapshot", "--systemd", "--rodir", str(script_path.parent)]
+    if qmp is not None:
+        cmd.append(f"--qemu-opts={qmp_option(qmp)}")
     for rwdir in rwdirs:
         cmd += ["--rwdir", os.path.abspath(rwdir)]
     writable = [*GUEST_OVERLAID, *(os.path.abspath(d) for d in rwdirs)]

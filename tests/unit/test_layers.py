@@ -110,7 +110,7 @@ def test_the_check_sees_imports() -> None:
 # its own package's __init__, which re-exports them), so the order below is their layering.
 PARTS = {
     "daemon": ("state", "kernel_engine", "programs", "devices", "status", "reload", "lifecycle"),
-    "vm": ("setup", "rootfs", "command", "boot"),
+    "vm": ("setup", "rootfs", "qmp", "command", "boot"),
     "kernel/libbpf": ("library", "syscalls", "objects", "ringbuf", "btf"),
     "bench/devices": (
         "plan",

@@ -105,3 +105,30 @@ def test_realtime_refusals_name_the_knob() -> None:
     else:
         with pytest.raises(OSError, match="sched_fifo = 10: sched_setscheduler"):
             apply_realtime(Settings(sched_fifo=10))
+
+
+def test_a_refused_knob_says_which_and_under_systemd_the_drop_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The message ``run`` prints: the knob, the call, the reason, no "[Errno N]"; run by
+    systemd ($INVOCATION_ID), the drop-in that allows it."""
+    import errno as errno_mod
+    import os
+
+    def refuse(pid: int, cpus: object) -> None:
+        raise OSError(errno_mod.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setaffinity", refuse)
+    monkeypatch.delenv("INVOCATION_ID", raising=False)
+    with pytest.raises(OSError) as e:
+        apply_realtime(Settings(cpu=1))
+    assert str(e.value) == "cpu = 1: sched_setaffinity: Operation not permitted"
+    assert e.value.errno == errno_mod.EPERM
+    monkeypatch.setenv("INVOCATION_ID", "x")
+    with pytest.raises(OSError) as e:
+        apply_realtime(Settings(cpu=1))
+    assert str(e.value).endswith(
+        "(hidbpfd.service refuses the real-time knobs unless its "
+        "real-time drop-in is installed: see docs/service.md, "
+        "'Real-time knobs under the unit')"
+    )
