@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from hidbpfd.config import Config, load
 from hidbpfd.devices.descriptor import DescriptorError, ReportKind, parse, usage_name
-from hidbpfd.devices.facts import descriptor_facts, usb_interface
+from hidbpfd.devices.facts import descriptor_facts, read_uevent, usb_interface
 from hidbpfd.devices.udev import device_id_from
 from hidbpfd.model import DeviceFacts, DeviceId, bus_name
 
@@ -29,10 +29,9 @@ NO_DAEMON: Final = "no daemon"
 
 def _uevent(path: Path) -> dict[str, str]:
     try:
-        text = path.read_text(errors="replace")
+        return read_uevent(path)
     except OSError:
         return {}
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
 def reports_summary(descriptor: bytes) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from hidbpfd.config.load import Config
 from hidbpfd.config.settings import Settings
 from hidbpfd.daemon import Daemon
 from hidbpfd.devices.chooser import injector_factory, report_io_factory
-from hidbpfd.devices.facts import sysfs_facts
+from hidbpfd.devices.facts import read_uevent, sysfs_facts
 from hidbpfd.devices.sinks import Injector
 from hidbpfd.devices.udev import HidDevice, device_id_from
 from hidbpfd.engine.dispatch import Observer
@@ -83,12 +83,7 @@ def devices_with_rules(config: Config, sys_root: Path = Path("/sys")) -> int:
     n = 0
     for dev in sorted((sys_root / "bus/hid/devices").glob("*")):
         try:
-            props = dict(
-                line.split("=", 1)
-                for line in (dev / "uevent").read_text().splitlines()
-                if "=" in line
-            )
-            hid = device_id_from(dev.name, props)
+            hid = device_id_from(dev.name, read_uevent(dev / "uevent"))
             facts = sysfs_facts(dev)
         except OSError:
             continue  # gone meanwhile

@@ -73,6 +73,13 @@ def interface_from_phys(phys: str, bus: int) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def read_uevent(path: str | Path) -> dict[str, str]:
+    """The ``KEY=VALUE`` lines of a sysfs ``uevent`` file (``HID_ID``, ``HID_NAME``...); raises
+    OSError (the device went away)."""
+    text = Path(path).read_text(errors="replace")
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
 def sysfs_facts(hid_sys_path: str | Path, sys_root: Path = Path("/sys")) -> DeviceFacts:
     """Facts of the HID device at ``hid_sys_path`` (``/sys/bus/hid/devices/<hid id>``):
     its ``report_descriptor`` and its USB interface."""

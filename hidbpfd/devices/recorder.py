@@ -32,7 +32,7 @@ from typing import Final, TextIO
 
 from hidbpfd import __version__
 from hidbpfd.config.match import KEYS, DeviceMatch
-from hidbpfd.devices.facts import descriptor_facts, usb_interface
+from hidbpfd.devices.facts import descriptor_facts, read_uevent, usb_interface
 from hidbpfd.devices.hidraw import HID_MAX_BUFFER_SIZE
 from hidbpfd.devices.udev import device_id_from
 from hidbpfd.model import BUS_NAMES, DeviceId
@@ -93,12 +93,11 @@ def present(hid_devices: Path | None = None) -> list[Target]:
         try:
             nodes = sorted(os.listdir(d / "hidraw"))
             descriptor = (d / "report_descriptor").read_bytes()
-            text = (d / "uevent").read_text(errors="replace")
+            props = read_uevent(d / "uevent")
         except OSError:
             continue
         if not nodes:
             continue
-        props = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
         out.append(Target(device_id_from(d.name, props), f"/dev/{nodes[0]}", descriptor))
     return out
 

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
+from hidbpfd.devices.facts import read_uevent
 from hidbpfd.devices.uhid_protocol import (
     UHID_CLOSE,
     UHID_EVENT_SIZE,
@@ -279,10 +280,9 @@ class UhidDevice:
         assert self._identity is not None
         _, name, phys, uniq = self._identity
         try:
-            uevent = (self.sysfs_root / hid_name / "uevent").read_text()
+            fields = read_uevent(self.sysfs_root / hid_name / "uevent")
         except OSError:
             return False
-        fields = dict(line.split("=", 1) for line in uevent.splitlines() if "=" in line)
         return (
             fields.get("HID_NAME", "") == name
             and fields.get("HID_PHYS", "") == phys
