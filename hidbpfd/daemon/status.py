@@ -131,6 +131,7 @@ class Observability(Programs):
     def status(self) -> dict[str, Any]:
         """Everything ``hidbpfd status`` shows, as a JSON-able dict."""
         devices = []
+        by_programs = self._served_by_programs()
         for key, hd in sorted(self.present.items()):
             d = hd.id
             entry: dict[str, Any] = {
@@ -147,7 +148,7 @@ class Observability(Programs):
                 entry["refused"] = self.refused[key]
             if key in self.programs:
                 entry["programs"] = self._programs_status(key)
-                if not entry["managed"] and key in self._served_by_programs():
+                if not entry["managed"] and key in by_programs:
                     entry.update(managed=True, served_by="programs")
             m = self.managed.get(key)
             slot = self.dispatch.slots.get(key)
