@@ -15,8 +15,10 @@ This module builds the parser and dispatches; the commands themselves are in
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from typing import Final
 
 from hidbpfd import __version__
 from hidbpfd.commands.daemon import (
@@ -37,6 +39,10 @@ from hidbpfd.commands.machine import (
     cmd_vm,
 )
 
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+# --log-level's default when it is not given: a unit's drop-in can set it (docs/service.md)
+LOG_LEVEL_ENV: Final = "HIDBPFD_LOG_LEVEL"
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the docs test)."""
@@ -50,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"hidbpfd {__version__}")
     p.add_argument(
         "--log-level",
-        default="warning",
-        choices=["debug", "info", "warning", "error"],
-        help="log level (default warning); before COMMAND",
+        default=None,
+        choices=LOG_LEVELS,
+        help=f"log level (default ${LOG_LEVEL_ENV}, else warning); before COMMAND",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -259,7 +265,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.config = [DEFAULT_DIR]
     from hidbpfd.service.logs import setup
 
-    setup(args.log_level)
+    level = args.log_level or os.environ.get(LOG_LEVEL_ENV, "").strip().lower() or "warning"
+    if level not in LOG_LEVELS:
+        print(
+            f"hidbpfd: error: ${LOG_LEVEL_ENV}={level!r}: not a log level "
+            f"(one of {', '.join(LOG_LEVELS)})",
+            file=sys.stderr,
+        )
+        return 2
+    setup(level)
     try:
         rc: int = args.func(args)
     except KeyboardInterrupt:

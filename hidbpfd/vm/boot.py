@@ -19,6 +19,7 @@ import contextlib
 import functools
 import os
 import re
+import secrets
 import selectors
 import signal
 import subprocess
@@ -38,6 +39,7 @@ from hidbpfd.vm.command import (
     guest_script,
     kvm_usable,
     parse_args,
+    parse_exit_line,
     vng_command,
 )
 from hidbpfd.vm.qmp import SuspendWaker
@@ -52,6 +54,9 @@ TIMED_OUT: Final = 124  # as timeout(1)
 BOOT_RETRIES: Final = 2  # boots again after a boot that ended by itself before the ready line
 VNG_NO_EXIT_CODE: Final = 255  # virtme-run: qemu ended without the guest command's exit code
 BOOT_TIMEOUT_S: Final = 300.0  # emulated boots take ~15-20 s; a hang shows up as no marker
+# After the systemd tier's exit line the guest powers off; if qemu is still there after this,
+# it is killed (the command's exit code is known already)
+POWER_OFF_GRACE_S: Final = 30.0
 
 
 # --- running -----------------------------------------------------------------------------------
@@ -92,7 +97,9 @@ class _OutputPump:
     (:func:`shown`); verbose, everything goes through.
     """
 
-    def __init__(self, proc: subprocess.Popen[bytes], *, verbose: bool = False) -> None:
+    def __init__(
+        self, proc: subprocess.Popen[bytes], *, verbose: bool = False, nonce: str = ""
+    ) -> None:
         assert proc.stdout is not None and proc.stderr is not None
         self.selector = selectors.DefaultSelector()
         self.selector.register(proc.stdout, selectors.EVENT_READ, _Stream(sys.stdout.buffer))
@@ -101,6 +108,9 @@ class _OutputPump:
         self.ready = False
         self.kvm_failed = False
         self.verbose = verbose
+        self.nonce = nonce
+        self.exit_code: int | None = None
+        """The guest command's exit code from its exit line (the systemd tier's ``nonce``)."""
 
     def pump(self, timeout_s: float) -> bool:
         """Copy what is there within ``timeout_s``; False once both pipes are closed."""
@@ -151,6 +161,8 @@ class _OutputPump:
         # "in", not startswith: on a serial console (the systemd tier) a line may come
         # after control characters
         self.ready = self.ready or READY_MARKER in text
+        if self.ready and self.nonce and self.exit_code is None:
+            self.exit_code = parse_exit_line(text, self.nonce)
         if not self.ready and any(m in text for m in KVM_FAILURE_MARKERS):
             self.kvm_failed = True
 
@@ -189,11 +201,13 @@ def run_in_vm(
     script_path = Path(name)
     # the systemd tier's guest can suspend (tests/service/): qemu's SUSPEND -> system_wakeup
     qmp = script_path.with_suffix(".qmp") if systemd else None
+    # the systemd tier's exit line carries it: a line of CMD's own output cannot pass for it
+    nonce = secrets.token_hex(8) if systemd else ""
     try:
         with os.fdopen(fd, "w") as f:
             venv = sys.prefix if sys.prefix != sys.base_prefix else None
             env_in_guest = guest_env(os.environ, venv, systemd=systemd)
-            f.write(guest_script(cmd, workdir, env_in_guest, systemd=systemd))
+            f.write(guest_script(cmd, workdir, env_in_guest, systemd=systemd, nonce=nonce))
         argv = vng_command(
             assets,
             script_path,
@@ -213,7 +227,9 @@ def run_in_vm(
             if waker is not None:
                 waker.start()
             try:
-                outcome = _supervise(argv, env, workdir, timeout_s, boot_timeout_s, verbose=verbose)
+                outcome = _supervise(
+                    argv, env, workdir, timeout_s, boot_timeout_s, verbose=verbose, nonce=nonce
+                )
             finally:
                 if waker is not None:
                     waker.stop()
@@ -315,9 +331,14 @@ def _supervise(
     boot_timeout_s: float,
     *,
     verbose: bool = False,
+    nonce: str = "",
 ) -> BootOutcome:
     """Run vng, pass its output through (:class:`_OutputPump`), kill it (and qemu) on a timeout
-    or ^C."""
+    or ^C.
+
+    With ``nonce`` (the systemd tier) the command's exit code is the one its exit line says
+    (:func:`~hidbpfd.vm.command.parse_exit_line`), not vng's: the guest powers off right after
+    that line, and qemu is killed if it is still there :data:`POWER_OFF_GRACE_S` later."""
     started = time.monotonic()
     proc = subprocess.Popen(
         list(argv),
@@ -330,11 +351,19 @@ def _supervise(
         stderr=subprocess.PIPE,
         start_new_session=True,  # so a timeout or ^C can end vng, virtme-run and qemu together
     )
-    pump = _OutputPump(proc, verbose=verbose)
+    pump = _OutputPump(proc, verbose=verbose, nonce=nonce)
     killed_for = ""
+    exited_at: float | None = None  # when the exit line came
+    kill = False
     try:
         while pump.pump(0.5):
-            elapsed = time.monotonic() - started
+            now = time.monotonic()
+            elapsed = now - started
+            if pump.exit_code is not None:
+                exited_at = exited_at or now
+                if now - exited_at > POWER_OFF_GRACE_S:
+                    kill = True
+                    break
             if pump.kvm_failed:
                 killed_for = (
                     f"qemu's KVM cannot run this kernel (emulation failure); "
@@ -350,10 +379,12 @@ def _supervise(
     except KeyboardInterrupt:
         killed_for = "interrupted"
     finally:
-        if killed_for:
+        if killed_for or kill:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
         returncode = proc.wait()
+    if pump.exit_code is not None and not killed_for:
+        returncode = pump.exit_code
     return BootOutcome(returncode, pump.ready, killed_for, "\n".join(pump.tail))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,16 @@ SYSTEMD_ENV: Final = "HIDBPFD_VM_SYSTEMD"  # set to 1 for the command in the sys
 SYSTEMD_UP_TIMEOUT_S: Final = 240  # systemctl is-system-running --wait, under emulation
 
 READY_MARKER: Final = "hidbpfd-vm: guest ready"
+# The systemd tier's command talks to the host over the emulated serial port, which survives a
+# suspend of the guest (virtme-ng's virtio-serial ports do not, docs/vm.md): its output, then
+# this line with the run's nonce and its exit code.
+EXIT_MARKER: Final = "hidbpfd-vm: guest command exited"
+SERIAL_CONSOLE: Final = "/dev/ttyS0"  # x86's first serial port: the guest kernel's console
+# The systemd tier's CMD runs in a copy of the working directory on the guest's own disk: the
+# host's 9p share does not survive a suspend either (an access to it after the resume blocks
+# forever, measured). Not copied: what the guest cannot use or does not need.
+GUEST_WORKDIR: Final = "/var/tmp/hidbpfd-vm-work"
+NOT_COPIED: Final = (".venv", ".git", "__pycache__", ".mypy_cache", ".ruff_cache")
 GUEST_SETUP_FAILED: Final = 125  # the guest came up but could not load uhid & co
 QUIET_LOGLEVEL: Final = 1  # the guest console's level unless verbose: emergencies, panics, oopses
 
@@ -145,8 +156,25 @@ def guest_env(
     return passed
 
 
+def exit_line(nonce: str, code: int | str) -> str:
+    """The line that ends a systemd-tier run on the serial console (:func:`guest_script`)."""
+    return f"{EXIT_MARKER} {nonce} {code}"
+
+
+def parse_exit_line(line: str, nonce: str) -> int | None:
+    """The exit code in ``line`` if it is this run's :func:`exit_line`, else None. Searched
+    anywhere in the line: the serial console may put control characters before it."""
+    match = re.search(re.escape(f"{EXIT_MARKER} {nonce} ") + r"(\d{1,3})\s*$", line)
+    return int(match.group(1)) if match else None
+
+
 def guest_script(
-    cmd: Sequence[str], cwd: str, env: Mapping[str, str], *, systemd: bool = False
+    cmd: Sequence[str],
+    cwd: str,
+    env: Mapping[str, str],
+    *,
+    systemd: bool = False,
+    nonce: str = "",
 ) -> str:
     """The POSIX shell script virtme-ng runs in the guest: set up, say ready, exec CMD.
 
@@ -154,6 +182,12 @@ def guest_script(
     it to tell a guest that never came up from a command that failed. In the systemd tier it
     runs from virtme-ng's serial getty once systemd is up, and first waits for the boot to
     finish (``systemctl is-system-running --wait``; failed units are listed, not fatal).
+
+    In the systemd tier CMD's output (stdout and stderr, merged, through a pipe so CMD sees no
+    terminal) goes to the serial console (:data:`SERIAL_CONSOLE`, which vng passes to its
+    stderr), then :func:`exit_line` with ``nonce`` and CMD's exit code, then the guest powers
+    off at once: virtme-ng's own channels for them die when the guest suspends (docs/vm.md),
+    the serial port does not.
     """
     modules = " ".join(GUEST_MODULES)
     exports = "".join(f"export {key}={shlex.quote(value)}\n" for key, value in env.items())
@@ -188,8 +222,45 @@ def guest_script(
         + (", systemd $state" if systemd else "")
         + '" >&2\n'
         + f"{exports}"
-        f"cd {shlex.quote(cwd)} || {fail}\n"
-        f"exec {shlex.join(cmd)}\n"
+        + (_local_copy(cwd) if systemd else f"cd {shlex.quote(cwd)} || {fail}\n")
+        + (_serial_run(cmd, nonce) if systemd else f"exec {shlex.join(cmd)}\n")
+    )
+
+
+def _local_copy(cwd: str) -> str:
+    """:func:`guest_script` in the systemd tier: copy ``cwd`` to :data:`GUEST_WORKDIR` (but
+    :data:`NOT_COPIED`), go there."""
+    excludes = " ".join(f"--exclude={shlex.quote(name)}" for name in NOT_COPIED)
+    return (
+        f"mkdir -p {GUEST_WORKDIR} && tar -C {shlex.quote(cwd)} {excludes} -cf - . "
+        f"| tar -C {GUEST_WORKDIR} -xf - || {{ echo 'hidbpfd-vm: cannot copy the working "
+        f"directory to {GUEST_WORKDIR}' >&2; exit {GUEST_SETUP_FAILED}; }}\n"
+        f"cd {GUEST_WORKDIR} || exit {GUEST_SETUP_FAILED}\n"
+    )
+
+
+def _serial_run(cmd: Sequence[str], nonce: str) -> str:
+    """:func:`guest_script`'s end in the systemd tier: CMD over the serial console.
+
+    The console is opened once, before CMD, and kept open (fd 3): after a resume, an open() of
+    the serial port blocks forever (measured, docs/vm.md), a write on an open one goes through.
+    """
+    tty = SERIAL_CONSOLE
+    return (
+        # no \n -> \r\n on the way out: the host splits lines at \n
+        f"stty -F {tty} -opost 2>/dev/null\n"
+        f"exec 3>{tty} || exit 125\n"
+        "rcfile=$(mktemp) || exit 125\n"
+        # through a pipe, Python would hold its output back until it ends
+        "export PYTHONUNBUFFERED=1\n"
+        f'{{ {shlex.join(cmd)}; echo $? >"$rcfile"; }} </dev/null 2>&1 3>&- | cat >&3\n'
+        'rc=$(cat "$rcfile"); rc=${rc:-255}\n'
+        # a newline first: the line must start on a line of its own
+        f"printf '\\n%s\\n' \"{exit_line(nonce, '$rc')}\" >&3\n"
+        # the host has the exit code: power off now, not through virtme-ng's exit-code port
+        # (after a suspend, a write to it would block forever)
+        "sync; poweroff -f\n"
+        'exit "$rc"\n'
     )
 
 

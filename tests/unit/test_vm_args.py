@@ -6,6 +6,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -21,12 +22,15 @@ from hidbpfd.vm.boot import (
 )
 from hidbpfd.vm.command import (
     GUEST_SETUP_FAILED,
+    GUEST_WORKDIR,
     READY_MARKER,
     VmArgs,
+    exit_line,
     guest_env,
     guest_script,
     kvm_usable,
     parse_args,
+    parse_exit_line,
     vng_command,
 )
 from hidbpfd.vm.setup import (
@@ -511,6 +515,71 @@ def test_guest_script_in_the_systemd_tier_waits_for_the_boot(tmp_path: Path) -> 
     script = tmp_path / "guest.sh"
     script.write_text(text)
     assert subprocess.run(["sh", "-n", str(script)], check=False).returncode == 0
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="needs sh")
+def test_guest_script_in_the_systemd_tier_reports_over_the_serial_port(tmp_path: Path) -> None:
+    """CMD runs in a local copy of the working directory, its output and exit line go to the
+    serial console opened once, then the guest powers off (docs/vm.md: what survives a
+    resume)."""
+    text = guest_script(["pytest", "-q"], "/w x", {}, systemd=True, nonce="n0")
+    lines = text.splitlines()
+    copy = next(i for i, line in enumerate(lines) if line.startswith("mkdir -p " + GUEST_WORKDIR))
+    assert "tar -C '/w x' --exclude=.venv --exclude=.git" in lines[copy]
+    assert lines[copy + 1] == f"cd {GUEST_WORKDIR} || exit 125"
+    assert "exec 3>/dev/ttyS0 || exit 125" in lines
+    assert '{ pytest -q; echo $? >"$rcfile"; } </dev/null 2>&1 3>&- | cat >&3' in lines
+    # opened once: after a resume, opening the serial port again blocks forever
+    assert [line for line in lines if "/dev/ttyS0" in line] == [
+        "stty -F /dev/ttyS0 -opost 2>/dev/null",
+        "exec 3>/dev/ttyS0 || exit 125",
+    ]
+    assert lines[-2:] == ["sync; poweroff -f", 'exit "$rc"']
+    assert not any(line.startswith("exec pytest") for line in lines)
+    # the shell's own run of the tail, with the serial port and poweroff replaced
+    tail = "\n".join(lines[lines.index("exec 3>/dev/ttyS0 || exit 125") :])
+    out = tmp_path / "console"
+    script = tmp_path / "tail.sh"
+    script.write_text(
+        tail.replace("/dev/ttyS0", str(out))
+        .replace("pytest -q", "sh -c 'echo hello; echo oops >&2; exit 7'")
+        .replace("poweroff -f", "true")
+    )
+    done = subprocess.run(["sh", str(script)], check=False, capture_output=True, text=True)
+    assert done.returncode == 7 and done.stdout == ""
+    console = out.read_text().splitlines()
+    assert console[:2] == ["hello", "oops"]
+    assert parse_exit_line(console[-1], "n0") == 7
+
+
+def test_exit_line_is_found_only_with_the_run_s_nonce() -> None:
+    line = exit_line("abc", 3)
+    assert parse_exit_line(line, "abc") == 3
+    assert parse_exit_line("\x1b[0m" + line + "\r", "abc") == 3  # serial console noise
+    assert parse_exit_line(line, "abd") is None
+    assert parse_exit_line(exit_line("abc", "$rc"), "abc") is None
+    assert parse_exit_line("hidbpfd-vm: guest ready", "abc") is None
+
+
+def test_supervise_takes_the_exit_line_s_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A vng that prints the exit line and then stays (a guest whose power-off hangs) is
+    killed after the grace period, and the run's code is the line's."""
+    fake = tmp_path / "vng"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f"echo '{READY_MARKER}' >&2\n"
+        "echo output\n"
+        f"echo '{exit_line('n1', 4)}' >&2\n"
+        "exec sleep 60\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setattr(boot, "POWER_OFF_GRACE_S", 0.2)
+    started = time.monotonic()
+    outcome = boot._supervise([str(fake)], dict(os.environ), str(tmp_path), 30, 30, nonce="n1")
+    assert outcome.returncode == 4 and outcome.ready and not outcome.killed_for
+    assert time.monotonic() - started < 30
 
 
 def test_rootfs_key_follows_what_the_image_is_built_from(monkeypatch: pytest.MonkeyPatch) -> None:
