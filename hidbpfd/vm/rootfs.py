@@ -50,6 +50,7 @@ PACKAGES: Final = (
     "python3",
     "python3-pip",
     "python3-venv",  # the venv install form
+    "pipx",  # and the pipx one
     "python3-pyudev",
     "python3-evdev",
     "python3-systemd",

@@ -304,3 +304,26 @@ def test_a_venv_install_runs_the_same_way() -> None:
         until(lambda: sh(str(venv / "bin/hidbpfd"), "status", check=False), "its status")
     finally:
         sh(str(venv / "bin/hidbpfd"), "uninstall-service")
+
+
+PIPX_ENV = ("PIPX_HOME=/opt/pipx", "PIPX_BIN_DIR=/usr/local/bin")
+
+
+def test_a_pipx_install_runs_the_same_way() -> None:
+    """The pipx form of docs/service.md (pipx's home and bin outside the home directories the
+    unit hides): the unit names the hidbpfd of pipx's venv, and it runs and answers."""
+    assert not Path("/etc/systemd/system/hidbpfd.service").exists()  # the venv test took it
+    sh("env", *PIPX_ENV, "pipx", "install", "--system-site-packages", str(wheel()), timeout=300)
+    try:
+        assert os.path.realpath("/usr/local/bin/hidbpfd") == "/opt/pipx/venvs/hidbpfd/bin/hidbpfd"
+        sh("hidbpfd", "install-service")
+        sh("systemctl", "enable", "--now", "hidbpfd", timeout=300)
+        try:
+            cmdline = Path(f"/proc/{main_pid()}/cmdline").read_bytes().split(b"\0")
+            assert cmdline[1] == b"/opt/pipx/venvs/hidbpfd/bin/hidbpfd", cmdline
+            assert prop("User") == "hidbpfd"
+            until(lambda: sh("hidbpfd", "status", check=False), "its status")
+        finally:
+            sh("hidbpfd", "uninstall-service")
+    finally:
+        sh("env", *PIPX_ENV, "pipx", "uninstall", "hidbpfd")
