@@ -249,8 +249,8 @@ def _serial_run(cmd: Sequence[str], nonce: str) -> str:
     return (
         # no \n -> \r\n on the way out: the host splits lines at \n
         f"stty -F {tty} -opost 2>/dev/null\n"
-        f"exec 3>{tty} || exit 125\n"
-        "rcfile=$(mktemp) || exit 125\n"
+        f"exec 3>{tty} || exit {GUEST_SETUP_FAILED}\n"
+        f"rcfile=$(mktemp) || exit {GUEST_SETUP_FAILED}\n"
         # through a pipe, Python would hold its output back until it ends
         "export PYTHONUNBUFFERED=1\n"
         f'{{ {shlex.join(cmd)}; echo $? >"$rcfile"; }} </dev/null 2>&1 3>&- | cat >&3\n'

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -83,6 +84,23 @@ def sh(*argv: str, check: bool = True, timeout: float = LIMIT_S) -> str:
     if check and done.returncode != 0:
         pytest.fail(f"{' '.join(argv)} exited {done.returncode}:\n{done.stdout}{done.stderr}")
     return done.stdout
+
+
+def documented_blocks(section: str) -> list[str]:
+    """The ``sh`` blocks of a section of docs/service.md (its ``## `` heading), in order: the
+    commands a user types, which the tests type too (:func:`run_block`)."""
+    text = (ROOT / "docs" / "service.md").read_text()
+    start = text.index(section)
+    end = text.find("\n## ", start + len(section))
+    return re.findall(r"```sh\n(.*?)```", text[start : end if end > 0 else None], re.S)
+
+
+def run_block(block: str) -> None:
+    """Type a documented block into a root shell, as a user would (``sh -e``)."""
+    done = subprocess.run(
+        ["sh", "-e"], input=block, capture_output=True, text=True, check=False, timeout=120
+    )
+    assert done.returncode == 0, f"{block}\nexited {done.returncode}:\n{done.stdout}{done.stderr}"
 
 
 def prop(name: str) -> str:

@@ -7,7 +7,6 @@ taken back afterwards, so the other files of this directory meet the unit as shi
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,11 +16,12 @@ import pytest
 from tests.device.conftest import run
 from tests.helpers import LIMIT_S
 from tests.service.conftest import (
-    ROOT,
     capture_device,
     cursor,
+    documented_blocks,
     messages_since,
     prop,
+    run_block,
     sh,
     status,
     until,
@@ -30,7 +30,6 @@ from tests.service.conftest import (
 
 pytestmark = pytest.mark.usefixtures("service")
 
-DOC = ROOT / "docs" / "service.md"
 SECTION = "## Real-time knobs under the unit"
 SETTINGS = Path("/etc/hidbpfd/hidbpfd.toml")
 DROP_IN_DIR = Path("/etc/systemd/system/hidbpfd.service.d")
@@ -38,22 +37,11 @@ PRIORITY, CPU = 50, 1  # what the documented settings file asks for
 F13_DOWN, CTRL_C = bytes.fromhex("01006800"), bytes.fromhex("01010600")
 
 
-def documented_blocks() -> list[str]:
+def settings_and_drop_in() -> list[str]:
     """The ``sh`` blocks of the section, in order: the settings file, then the drop-in."""
-    text = DOC.read_text()
-    start = text.index(SECTION)
-    end = text.find("\n## ", start + len(SECTION))
-    blocks = re.findall(r"```sh\n(.*?)```", text[start : end if end > 0 else None], re.S)
+    blocks = documented_blocks(SECTION)
     assert len(blocks) == 2, blocks
     return blocks
-
-
-def run_block(block: str) -> None:
-    """Type a documented block into a root shell, as a user would (``sh -e``)."""
-    done = subprocess.run(
-        ["sh", "-e"], input=block, capture_output=True, text=True, check=False, timeout=120
-    )
-    assert done.returncode == 0, f"{block}\nexited {done.returncode}:\n{done.stdout}{done.stderr}"
 
 
 @pytest.fixture
@@ -72,7 +60,7 @@ def taken_back() -> Iterator[None]:
 
 
 def test_the_sandbox_refuses_the_knobs_and_says_why(taken_back: None) -> None:
-    settings, _ = documented_blocks()
+    settings, _ = settings_and_drop_in()
     assert not DROP_IN_DIR.exists()
     cur = cursor()
     run_block(settings)
@@ -97,7 +85,7 @@ def test_the_sandbox_refuses_the_knobs_and_says_why(taken_back: None) -> None:
 
 
 def test_with_the_drop_in_the_knobs_take_effect(taken_back: None) -> None:
-    settings, drop_in = documented_blocks()
+    settings, drop_in = settings_and_drop_in()
     run_block(settings)
     run_block(drop_in)
     assert prop("ActiveState") == "active"

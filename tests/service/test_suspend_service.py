@@ -8,7 +8,8 @@ device. Under emulation the guest never wakes by itself: the host side of ``hidb
 (:mod:`hidbpfd.vm.qmp`). Evidence: the kernel's count of successful suspends goes up, the
 reinit's output and feature reports reach the uhid device again after the resume, and the
 journal has logind's, the kernel's and the daemon's lines in order (the daemon's at info level:
-the drop-in of docs/service.md "More in the journal", typed as documented, taken back after).
+the drop-in of docs/service.md "More in the journal", typed as documented; its file is removed
+after, the unit not reloaded: nothing runs after this test).
 
 The run's output reaches the host over the guest's serial port and the test runs from a copy of
 the checkout on the guest's disk: virtme-ng's virtio-serial ports and its 9p share of the host's
@@ -18,8 +19,6 @@ files are dead after a resume (docs/vm.md).
 from __future__ import annotations
 
 import asyncio
-import re
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,10 +29,11 @@ from hidbpfd.devices.uhid_protocol import UHID_OUTPUT, UHID_SET_REPORT
 from tests.device.conftest import run
 from tests.helpers import LIMIT_S
 from tests.service.conftest import (
-    ROOT,
     capture_device,
     cursor,
+    documented_blocks,
     install,
+    run_block,
     sh,
     status,
     until,
@@ -58,15 +58,6 @@ def suspends() -> int:
     return int(SUCCESS.read_text())
 
 
-def documented_block() -> str:
-    text = (ROOT / "docs" / "service.md").read_text()
-    start = text.index(SECTION)
-    end = text.find("\n## ", start + len(SECTION))
-    blocks = re.findall(r"```sh\n(.*?)```", text[start:end], re.S)
-    assert len(blocks) == 1, blocks
-    return blocks[0]
-
-
 @pytest.fixture
 def info_level() -> Iterator[None]:
     """The service as the README installs it (again: ``test_systemd_service.py`` ends with it
@@ -75,11 +66,9 @@ def info_level() -> Iterator[None]:
     and this test is the run's last (conftest.py)."""
     if not Path("/etc/systemd/system/hidbpfd.service").exists():
         install()
-    block = documented_block()
-    done = subprocess.run(
-        ["sh", "-e"], input=block, capture_output=True, text=True, check=False, timeout=120
-    )
-    assert done.returncode == 0, f"{block}\nexited {done.returncode}:\n{done.stdout}{done.stderr}"
+    blocks = documented_blocks(SECTION)
+    assert len(blocks) == 1, blocks
+    run_block(blocks[0])
     assert "HIDBPFD_LOG_LEVEL=info" in sh("systemctl", "show", "-p", "Environment", "hidbpfd")
     until(status, "the daemon answering after the restart")
     yield
